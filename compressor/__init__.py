@@ -1,0 +1,1 @@
+"""Focal's compressor: compression methods, retrieval, the gRPC server and the CLI."""

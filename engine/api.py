@@ -1,0 +1,218 @@
+"""The engine's public API: what the compressor (and anything else) calls.
+
+``Engine.score(prefix, continuations)`` gives, for every continuation token, its log-probability
+and the entropy of the model's distribution at that position, conditioned on the shared prefix
+and the continuation tokens before it. The prefix is run once; its KV cache is copied to every row
+of a batch; continuations run together, right-padded, in fixed-size chunks (causal attention means
+padding never leaks into real positions).
+
+``Engine.generate(prompt, ...)`` decodes greedily (``temperature=0``) or by sampling (temperature,
+top-k, top-p, seed), up to ``max_new_tokens``, stopping at EOS or at the first stop string.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from engine.cache import KVCache
+from engine.config import ModelConfig
+from engine.loader import load
+from engine.model import CausalLM
+from engine.tokenizer import ChatTokenizer
+
+
+@dataclass
+class TokenScores:
+    """Per-token scores of one continuation (fp32 tensors of the continuation's length)."""
+
+    token_ids: list[int]
+    logprobs: torch.Tensor
+    entropies: torch.Tensor
+
+    def perplexity(self) -> float:
+        return math.exp(-self.logprobs.mean().item()) if self.token_ids else float("nan")
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (a stop string), "eos" or "length"
+    prompt_tokens: int
+
+
+class Engine:
+    """A loaded model with its tokenizer; batched scoring and generation on top of the KV cache.
+
+    ``prefill_chunk`` is how many positions one forward covers (bounds activation memory for long
+    inputs); ``max_batch_tokens`` bounds rows x padded length of one scoring batch.
+    """
+
+    def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, prefill_chunk: int = 512,
+                 max_batch_tokens: int = 4096, logits_rows: int = 512) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prefill_chunk = prefill_chunk
+        self.max_batch_tokens = max_batch_tokens
+        self.logits_rows = logits_rows
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32,
+             device: torch.device | str = "cpu", **options: int) -> Engine:
+        """Load a GGUF file or HF directory; ``None`` is the embedded default model."""
+        model, tokenizer = load(path, dtype, device)
+        return cls(model, tokenizer, **options)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_position_embeddings
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def _check_length(self, length: int) -> None:
+        if length > self.context_length:
+            raise ValueError(f"{length} tokens exceed the model's context of {self.context_length}")
+
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run ``ids`` [B, T] through the model in chunks; return the final hidden states [B, T, H]."""
+        parts = [self.model(ids[:, start : start + self.prefill_chunk], cache)
+                 for start in range(0, ids.shape[1], self.prefill_chunk)]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _log_softmax_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.model.logits(hidden).float(), dim=-1)
+
+    def _gather(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of ``targets`` [N] and entropy, from hidden [N, H], ``logits_rows`` at a time."""
+        logprobs, entropies = [], []
+        for start in range(0, hidden.shape[0], self.logits_rows):
+            logp = self._log_softmax_rows(hidden[start : start + self.logits_rows])
+            rows = targets[start : start + self.logits_rows]
+            logprobs.append(logp.gather(1, rows[:, None]).squeeze(1))
+            entropies.append(-(logp.exp() * logp).sum(-1))
+        return torch.cat(logprobs), torch.cat(entropies)
+
+    def _prefix_ids(self, prefix: list[int]) -> list[int]:
+        if prefix:
+            return prefix
+        if self.config.bos_token_id is None:
+            raise ValueError("an empty prefix needs a BOS token, and this model has none")
+        return [self.config.bos_token_id]
+
+    @torch.inference_mode()
+    def score(self, prefix: list[int], continuations: list[list[int]]) -> list[TokenScores]:
+        """Log-probability and entropy of each continuation token given ``prefix`` (BOS if empty)."""
+        prefix = self._prefix_ids(prefix)
+        self._check_length(len(prefix) + max((len(c) for c in continuations), default=0))
+        device = self.model.model.embed_tokens.weight.device
+        prefix_cache = self.model.new_cache(1)
+        prefix_hidden = self.prefill(torch.tensor([prefix], device=device), prefix_cache)[:, -1]
+        first = self._log_softmax_rows(prefix_hidden)[0]
+        first_entropy = -(first.exp() * first).sum()
+        results: list[TokenScores | None] = [None] * len(continuations)
+        order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
+        batch: list[int] = []
+        for index in order + [None]:
+            longest = len(continuations[index]) if index is not None else 0
+            if index is None or (batch and (len(batch) + 1) * longest > self.max_batch_tokens):
+                self._score_batch(prefix_cache, first, first_entropy, [continuations[i] for i in batch],
+                                  batch, results, device)
+                batch = []
+            if index is not None:
+                batch.append(index)
+        return [r for r in results if r is not None]
+
+    def _score_batch(self, prefix_cache: KVCache, first: torch.Tensor, first_entropy: torch.Tensor,
+                     seqs: list[list[int]], indices: list[int], results: list, device: torch.device) -> None:
+        if not seqs:
+            return
+        longest = max(len(s) for s in seqs)
+        for i, seq in zip(indices, seqs):
+            if not seq:
+                results[i] = TokenScores([], torch.empty(0), torch.empty(0))
+        live = [(i, s) for i, s in zip(indices, seqs) if s]
+        if not live:
+            return
+        if longest == 1:
+            hidden = None
+        else:
+            padded = torch.zeros((len(live), longest - 1), dtype=torch.long, device=device)
+            for row, (_, seq) in enumerate(live):
+                padded[row, : len(seq) - 1] = torch.tensor(seq[:-1], device=device)
+            cache = prefix_cache.repeat(len(live))
+            hidden = self.prefill(padded, cache)
+        rows, targets, owners = [], [], []
+        for row, (_, seq) in enumerate(live):
+            if len(seq) > 1:
+                rows.append(hidden[row, : len(seq) - 1])
+                targets.append(torch.tensor(seq[1:], device=device))
+            owners.append(len(seq) - 1)
+        if rows:
+            logprobs, entropies = self._gather(torch.cat(rows), torch.cat(targets))
+        offset = 0
+        for (i, seq), count in zip(live, owners):
+            head_lp = first[seq[0]].reshape(1)
+            lp = torch.cat((head_lp, logprobs[offset : offset + count])) if count else head_lp
+            ent = torch.cat((first_entropy.reshape(1), entropies[offset : offset + count])) if count \
+                else first_entropy.reshape(1)
+            results[i] = TokenScores(list(seq), lp.cpu(), ent.cpu())
+            offset += count
+
+    @torch.inference_mode()
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, stop: tuple[str, ...] | list[str] = (),
+                 seed: int | None = None) -> Generation:
+        """Decode a continuation of ``prompt`` (text or token ids)."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            ids = self._prefix_ids([])
+        self._check_length(len(ids) + max_new_tokens)
+        device = self.model.model.embed_tokens.weight.device
+        generator = torch.Generator(device=device)
+        if seed is not None:
+            generator.manual_seed(seed)
+        cache = self.model.new_cache(1)
+        cache.reserve(len(ids) + max_new_tokens)
+        hidden = self.prefill(torch.tensor([ids], device=device), cache)[:, -1]
+        eos = set(self.config.eos_token_ids)
+        out: list[int] = []
+        text = ""
+        for _ in range(max_new_tokens):
+            logits = self.model.logits(hidden)[0].float()
+            token = self._pick(logits, temperature, top_k, top_p, generator)
+            if token in eos:
+                return Generation(text, out, "eos", len(ids))
+            out.append(token)
+            text = self.tokenizer.decode(out)
+            hits = [text.find(s) for s in stop if s and s in text]
+            if hits:
+                return Generation(text[: min(hits)], out, "stop", len(ids))
+            hidden = self.model(torch.tensor([[token]], device=device), cache)[:, -1]
+        return Generation(text, out, "length", len(ids))
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+              generator: torch.Generator) -> int:
+        if temperature <= 0:
+            return int(logits.argmax())
+        logits = logits / temperature
+        if top_k > 0:
+            kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, sorted_ids = torch.sort(probs, descending=True)
+            outside = sorted_probs.cumsum(0) - sorted_probs > top_p
+            sorted_probs[outside] = 0
+            probs = torch.zeros_like(probs).scatter_(0, sorted_ids, sorted_probs)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

@@ -1,0 +1,249 @@
+"""The decoder: Mellum2 (transformers' ``MellumForCausalLM``) and its dense relatives.
+
+Differences from the reference implementation, none of which changes the numbers:
+- attention masks come from absolute key positions (see ``engine.cache``), so a sliding layer
+  never attends over more than its ring plus the new tokens;
+- experts run on tokens sorted by expert, one matmul per active expert on a contiguous slice,
+  instead of a one-hot mask per expert;
+- Llama and Qwen3 layouts are the same module with q/k norm off or all layers full and dense.
+
+Module and parameter names are the Hugging Face ones, so a state dict loads without renaming.
+Shape letters: B batch, T new tokens, S attended keys, H heads, D head dim, E experts, K top-k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.cache import KVCache
+from engine.config import FULL, SLIDING, SPARSE, ModelConfig
+from engine.rope import RotaryEmbedding, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+    ) -> torch.Tensor:
+        batch, new, _ = x.shape
+        q = self.q_proj(x).view(batch, new, self.heads, self.head_dim)
+        k = self.k_proj(x).view(batch, new, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rope
+        q = apply_rotary(q.transpose(1, 2), cos, sin)  # [B, H, T, D]
+        k = apply_rotary(k.transpose(1, 2), cos, sin)
+        keys, values = cache.update(layer, k, v)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, new, self.heads * self.head_dim))
+
+
+class DenseMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Softmax over experts, top-k, optional renormalisation of the k weights."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(config.num_experts, config.hidden_size))
+        self.top_k = config.num_experts_per_tok
+        self.normalize = config.norm_topk_prob
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = F.softmax(F.linear(x, self.weight), dim=-1, dtype=torch.float32)
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)  # [N, K]
+        if self.normalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.to(x.dtype), experts
+
+
+class Experts(nn.Module):
+    """All experts' SwiGLU weights as 3-D tensors (transformers' fused layout)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        e, i, h = config.num_experts, config.moe_intermediate_size, config.hidden_size
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """x [N, H]; weights, experts [N, K] -> [N, H]."""
+        top_k = experts.shape[1]
+        flat = experts.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
+        token_of = order // top_k
+        sorted_x = x.index_select(0, token_of)
+        out = torch.empty_like(sorted_x)
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            end = start + count
+            gate, up = F.linear(sorted_x[start:end], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            out[start:end] = F.linear(F.silu(gate) * up, self.down_proj[expert])
+            start = end
+        out = out * weights.reshape(-1)[order].unsqueeze(-1)
+        return torch.zeros_like(x).index_add_(0, token_of, out)
+
+
+@dataclass
+class RoutingStats:
+    """Tokens routed to each expert, per sparse layer, since the last reset."""
+
+    counts: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, layer: int, experts: torch.Tensor, num_experts: int) -> None:
+        hits = torch.bincount(experts.reshape(-1), minlength=num_experts).cpu()
+        self.counts[layer] = self.counts.get(layer, torch.zeros_like(hits)) + hits
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+
+class SparseMoe(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate = Router(config)
+        self.experts = Experts(config)
+        self.stats: RoutingStats | None = None
+        self.layer = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        weights, experts = self.gate(flat)
+        if self.stats is not None:
+            self.stats.add(self.layer, experts, self.experts.gate_up_proj.shape[0])
+        return self.experts(flat, weights, experts).reshape(shape)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, index: int) -> None:
+        super().__init__()
+        self.attention_type = config.layer_types[index]
+        self.self_attn = Attention(config)
+        if config.mlp_layer_types[index] == SPARSE:
+            self.mlp: nn.Module = SparseMoe(config)
+            self.mlp.layer = index
+        else:
+            self.mlp = DenseMLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, rope, mask, cache: KVCache, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """Decoder plus lm_head. ``forward`` returns final hidden states; ``logits`` projects them."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        with torch.device("cpu"):  # real tables even when the weights are built on the meta device
+            self.rotary = nn.ModuleDict(
+                {kind: RotaryEmbedding(config.rope[kind], config.head_dim) for kind in set(config.layer_types)}
+            )
+        self.routing_stats: RoutingStats | None = None
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def track_routing(self, enabled: bool = True) -> RoutingStats | None:
+        """Start (or stop) counting tokens per expert in every sparse layer."""
+        self.routing_stats = RoutingStats() if enabled else None
+        for layer in self.model.layers:
+            if isinstance(layer.mlp, SparseMoe):
+                layer.mlp.stats = self.routing_stats
+        return self.routing_stats
+
+    def _mask(self, cache: KVCache, kind: str, new: int) -> torch.Tensor:
+        queries = torch.arange(cache.offset, cache.offset + new, device=cache.device)[:, None]
+        keys = cache.key_positions(kind == SLIDING, new)[None, :]
+        allowed = (keys <= queries) & (keys >= 0)
+        if kind == SLIDING:
+            allowed &= keys > queries - self.config.sliding_window
+        return allowed
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run ``input_ids`` [B, T] at positions ``cache.offset`` onwards; return hidden [B, T, H]."""
+        new = input_ids.shape[1]
+        x = self.model.embed_tokens(input_ids)
+        positions = torch.arange(cache.offset, cache.offset + new, device=x.device)
+        kinds = set(self.config.layer_types)
+        ropes = {kind: self.rotary[kind](positions, x.dtype) for kind in kinds}
+        masks = {kind: self._mask(cache, kind, new) for kind in kinds}
+        for index, layer in enumerate(self.model.layers):
+            kind = layer.attention_type
+            x = layer(x, ropes[kind], masks[kind], cache, index)
+        cache.advance(new)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def new_cache(self, batch: int = 1) -> KVCache:
+        param = self.model.embed_tokens.weight
+        return KVCache(self.config, batch, param.dtype, param.device)
+
+
+__all__ = ["CausalLM", "FULL", "SLIDING"]

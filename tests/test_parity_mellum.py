@@ -1,0 +1,83 @@
+"""Our engine against transformers' MellumForCausalLM on identical random weights (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FULL, SLIDING, TINY_MELLUM, hf_mellum
+
+from engine.config import from_hf_dict
+from engine.loader import build_model, load_model
+
+
+def reference_logits(hf, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(input_ids=ids).logits
+
+
+def our_logits(model, ids: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    cache = model.new_cache(ids.shape[0])
+    step = chunk or ids.shape[1]
+    with torch.no_grad():
+        parts = [model.logits(model(ids[:, s : s + step], cache)) for s in range(0, ids.shape[1], step)]
+    return torch.cat(parts, dim=1)
+
+
+def assert_logits_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    scale = ref.abs().max().item()
+    diff = (ours - ref).abs().max().item()
+    assert diff <= 1e-4 * scale, f"max abs diff {diff:.3g} exceeds 1e-4 x {scale:.3g}"
+
+
+@pytest.fixture(scope="module")
+def ids() -> torch.Tensor:
+    torch.manual_seed(1)
+    # 40 tokens: five times the sliding window of 8, and past YaRN's original 64/16... positions.
+    return torch.randint(0, TINY_MELLUM["vocab_size"], (2, 40))
+
+
+@pytest.mark.parametrize("layout", ["fused", "per_expert"])
+def test_tiny_mellum_matches_transformers(layout, ids, tiny_hf, tiny_fused_dir, tiny_per_expert_dir):
+    directory = tiny_fused_dir if layout == "fused" else tiny_per_expert_dir
+    model = load_model(directory)
+    assert_logits_close(our_logits(model, ids), reference_logits(tiny_hf, ids))
+
+
+def test_tiny_mellum_chunked_prefill_matches_transformers(ids, tiny_hf, tiny_fused_dir):
+    model = load_model(tiny_fused_dir)
+    assert_logits_close(our_logits(model, ids, chunk=7), reference_logits(tiny_hf, ids))
+
+
+def test_yarn_and_window_matter(ids, tiny_hf, tiny_fused_dir):
+    """The comparison can fail: a model without YaRN, or without the window, gives other logits."""
+    ref = reference_logits(tiny_hf, ids)
+    for change in ({"sliding_window": 1000}, {"rope_parameters": {
+            FULL: {"rope_type": "default", "rope_theta": 500000.0},
+            SLIDING: {"rope_type": "default", "rope_theta": 10000.0}}}):
+        config = from_hf_dict({**TINY_MELLUM, **change})
+        model = build_model(config, dict(tiny_hf.state_dict()), torch.float32)
+        diff = (our_logits(model, ids) - ref).abs().max().item()
+        assert diff > 1e-2, f"changing {list(change)} left the logits unchanged"
+
+
+@pytest.mark.slow
+def test_real_width_slice_matches_transformers():
+    """Real Mellum2 widths (hidden 2304, 32/4 heads, 64 experts top-8, expert width 896, vocab 98304),
+    two layers (sliding sparse + full dense), random weights."""
+    config = {
+        **TINY_MELLUM,
+        "vocab_size": 98304, "hidden_size": 2304, "intermediate_size": 7168, "num_hidden_layers": 2,
+        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "sliding_window": 16,
+        "num_experts": 64, "num_experts_per_tok": 8, "moe_intermediate_size": 896,
+        "max_position_embeddings": 131072,
+        "layer_types": [SLIDING, FULL], "mlp_layer_types": ["sparse", "dense"],
+    }
+    config["rope_parameters"] = {
+        FULL: {**TINY_MELLUM["rope_parameters"][FULL], "original_max_position_embeddings": 8192},
+        SLIDING: TINY_MELLUM["rope_parameters"][SLIDING],
+    }
+    hf = hf_mellum(config, seed=3)
+    model = build_model(from_hf_dict(config), dict(hf.state_dict()), torch.float32)
+    torch.manual_seed(4)
+    ids = torch.randint(0, config["vocab_size"], (1, 48))
+    assert_logits_close(our_logits(model, ids), reference_logits(hf, ids))
