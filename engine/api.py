@@ -122,7 +122,7 @@ class Engine:
         results: list[TokenScores | None] = [None] * len(continuations)
         order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
         batch: list[int] = []
-        for index in order + [None]:
+        for index in [*order, None]:
             longest = len(continuations[index]) if index is not None else 0
             if index is None or (batch and (len(batch) + 1) * longest > self.max_batch_tokens):
                 self._score_batch(prefix_cache, first, first_entropy, [continuations[i] for i in batch],

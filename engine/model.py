@@ -246,4 +246,4 @@ class CausalLM(nn.Module):
         return KVCache(self.config, batch, param.dtype, param.device)
 
 
-__all__ = ["CausalLM", "FULL", "SLIDING"]
+__all__ = ["FULL", "SLIDING", "CausalLM"]

@@ -23,7 +23,7 @@ TINY_MELLUM = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": 32,
-    "max_position_embeddings": 4096,
+    "max_position_embeddings": 1024,
     "rms_norm_eps": 1e-6,
     "sliding_window": 8,
     "num_experts": 8,
@@ -94,6 +94,20 @@ def write_checkpoint(directory: Path, config: dict, state: dict[str, torch.Tenso
         weight_map.update({n: file for n in part})
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return directory
+
+
+def our_logits(model, ids: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    cache = model.new_cache(ids.shape[0])
+    step = chunk or ids.shape[1]
+    with torch.no_grad():
+        parts = [model.logits(model(ids[:, s : s + step], cache)) for s in range(0, ids.shape[1], step)]
+    return torch.cat(parts, dim=1)
+
+
+def assert_logits_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    scale = ref.abs().max().item()
+    diff = (ours - ref).abs().max().item()
+    assert diff <= 1e-4 * scale, f"max abs diff {diff:.3g} exceeds 1e-4 x {scale:.3g}"
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FULL, SLIDING, TINY_MELLUM, hf_mellum
+from conftest import FULL, SLIDING, TINY_MELLUM, assert_logits_close, hf_mellum, our_logits
 
 from engine.config import from_hf_dict
 from engine.loader import build_model, load_model
@@ -13,20 +13,6 @@ from engine.loader import build_model, load_model
 def reference_logits(hf, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return hf(input_ids=ids).logits
-
-
-def our_logits(model, ids: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    cache = model.new_cache(ids.shape[0])
-    step = chunk or ids.shape[1]
-    with torch.no_grad():
-        parts = [model.logits(model(ids[:, s : s + step], cache)) for s in range(0, ids.shape[1], step)]
-    return torch.cat(parts, dim=1)
-
-
-def assert_logits_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
-    scale = ref.abs().max().item()
-    diff = (ours - ref).abs().max().item()
-    assert diff <= 1e-4 * scale, f"max abs diff {diff:.3g} exceeds 1e-4 x {scale:.3g}"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,61 @@
+"""KV cache: chunked prefill, incremental decode and the sliding ring against one full forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_MELLUM, assert_logits_close, our_logits
+
+from engine.loader import load_model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_fused_dir):
+    return load_model(tiny_fused_dir)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, TINY_MELLUM["vocab_size"], (2, 45), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 9, 16])
+def test_chunked_prefill_equals_one_shot(model, ids, chunk):
+    assert_logits_close(our_logits(model, ids, chunk=chunk), our_logits(model, ids))
+
+
+def test_decode_after_prefill_equals_full_forward(model, ids):
+    full = our_logits(model, ids)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        steps = [model.logits(model(ids[:, :20], cache))]
+        steps += [model.logits(model(ids[:, t : t + 1], cache)) for t in range(20, ids.shape[1])]
+    assert_logits_close(torch.cat(steps, dim=1), full)
+
+
+def test_sliding_layers_hold_window_positions_while_full_layers_grow(model):
+    window = TINY_MELLUM["sliding_window"]
+    cache = model.new_cache(1)
+    sliding = [i for i, kind in enumerate(TINY_MELLUM["layer_types"]) if kind == "sliding_attention"]
+    full = [i for i, kind in enumerate(TINY_MELLUM["layer_types"]) if kind == "full_attention"]
+    per_position = 2 * TINY_MELLUM["num_key_value_heads"] * TINY_MELLUM["head_dim"] * 4
+    with torch.no_grad():
+        for _ in range(100):
+            model(torch.randint(0, 100, (1, 1)), cache)
+            for layer in sliding:
+                assert cache.stored_positions(layer) == window
+    assert cache.offset == 100
+    for layer in full:
+        assert 100 <= cache.stored_positions(layer) < 100 + 256
+    expected = (len(full) * cache.stored_positions(full[0]) + len(sliding) * window) * per_position
+    assert cache.nbytes() == expected
+
+
+def test_reserve_avoids_regrowth(model):
+    cache = model.new_cache(1)
+    cache.reserve(1000)
+    before = cache.keys[3].data_ptr()
+    with torch.no_grad():
+        model(torch.randint(0, 100, (1, 600)), cache)
+        model(torch.randint(0, 100, (1, 300)), cache)
+    assert cache.keys[3].data_ptr() == before
