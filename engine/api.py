@@ -53,7 +53,7 @@ class Engine:
     inputs); ``max_batch_tokens`` bounds rows x padded length of one scoring batch.
     """
 
-    def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, prefill_chunk: int = 512,
+    def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, prefill_chunk: int = 2048,
                  max_batch_tokens: int = 4096, logits_rows: int = 512) -> None:
         self.model = model
         self.tokenizer = tokenizer

@@ -5,9 +5,11 @@ Differences from the reference implementation, none of which changes the numbers
   never attends over more than its ring plus the new tokens;
 - experts run on tokens sorted by expert, one matmul per active expert on a contiguous slice,
   instead of a one-hot mask per expert;
+- q/k/v and the dense gate/up projections are fused matmuls;
 - Llama and Qwen3 layouts are the same module with q/k norm off or all layers full and dense.
 
-Module and parameter names are the Hugging Face ones, so a state dict loads without renaming.
+Parameter names are the Hugging Face ones except two fusions, q/k/v -> ``qkv_proj`` and dense
+gate/up -> ``gate_up_proj`` (fewer, larger matmuls); ``engine.weights`` converts both ways.
 Shape letters: B batch, T new tokens, S attended keys, H heads, D head dim, E experts, K top-k.
 """
 
@@ -36,16 +38,45 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
+QUERY_BLOCK = 256
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+           window: int | None) -> torch.Tensor:
+    """Causal attention of q [B, H, T, D] over keys/values [B, Hkv, S, D] whose last T are q's own.
+
+    ``mask`` None means plain causal with T == S (SDPA's own causal kernel skips the upper
+    triangle). Otherwise ``mask`` [T, S] is additive; long query runs are cut into blocks that
+    each stop at their last own key and, in a sliding layer, start at the first key inside the
+    window of their first query, so work outside the band is skipped. (Keys before the last T are
+    all older than the new ones, whatever their order in a ring.)
+    """
+    if mask is None:
+        return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
+    new, total = q.shape[2], keys.shape[2]
+    if new <= QUERY_BLOCK:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+    blocks = []
+    for start in range(0, new, QUERY_BLOCK):
+        end = min(start + QUERY_BLOCK, new)
+        last = total - new + end
+        first = 0 if window is None or start < window - 1 else total - new + start - window + 1
+        blocks.append(F.scaled_dot_product_attention(
+            q[:, :, start:end], keys[:, :, first:last], values[:, :, first:last],
+            attn_mask=mask[start:end, first:last], enable_gqa=True))
+    return torch.cat(blocks, dim=2)
+
+
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, window: int | None) -> None:
         super().__init__()
+        self.window = window
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
+        # q, k and v projections fused into one matmul (split back in ``engine.weights``).
+        self.qkv_proj = nn.Linear(config.hidden_size, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -62,28 +93,30 @@ class Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         batch, new, _ = x.shape
-        q = self.q_proj(x).view(batch, new, self.heads, self.head_dim)
-        k = self.k_proj(x).view(batch, new, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split(
+            (self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim), dim=-1)
+        q = q.view(batch, new, self.heads, self.head_dim)
+        k = k.view(batch, new, self.kv_heads, self.head_dim)
+        v = v.reshape(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
         q = apply_rotary(q.transpose(1, 2), cos, sin)  # [B, H, T, D]
         k = apply_rotary(k.transpose(1, 2), cos, sin)
         keys, values = cache.update(layer, k, v)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, new, self.heads * self.head_dim))
+        out = attend(q, keys, values, mask, self.window)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, new, -1))
 
 
 class DenseMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False)  # gate and up fused
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Router(nn.Module):
@@ -168,7 +201,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
         self.attention_type = config.layer_types[index]
-        self.self_attn = Attention(config)
+        window = config.sliding_window if self.attention_type == SLIDING else None
+        self.self_attn = Attention(config, window)
         if config.mlp_layer_types[index] == SPARSE:
             self.mlp: nn.Module = SparseMoe(config)
             self.mlp.layer = index
@@ -216,13 +250,17 @@ class CausalLM(nn.Module):
                 layer.mlp.stats = self.routing_stats
         return self.routing_stats
 
-    def _mask(self, cache: KVCache, kind: str, new: int) -> torch.Tensor:
+    def _mask(self, cache: KVCache, kind: str, new: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive mask [T, S] shared by every layer of ``kind``; None when plain causal suffices."""
+        window = self.config.sliding_window if kind == SLIDING else None
+        if cache.offset == 0 and (window is None or new <= window):
+            return None
         queries = torch.arange(cache.offset, cache.offset + new, device=cache.device)[:, None]
         keys = cache.key_positions(kind == SLIDING, new)[None, :]
         allowed = (keys <= queries) & (keys >= 0)
-        if kind == SLIDING:
-            allowed &= keys > queries - self.config.sliding_window
-        return allowed
+        if window is not None:
+            allowed &= keys > queries - window
+        return torch.zeros(allowed.shape, dtype=dtype, device=cache.device).masked_fill_(~allowed, float("-inf"))
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run ``input_ids`` [B, T] at positions ``cache.offset`` onwards; return hidden [B, T, H]."""
@@ -231,7 +269,7 @@ class CausalLM(nn.Module):
         positions = torch.arange(cache.offset, cache.offset + new, device=x.device)
         kinds = set(self.config.layer_types)
         ropes = {kind: self.rotary[kind](positions, x.dtype) for kind in kinds}
-        masks = {kind: self._mask(cache, kind, new) for kind in kinds}
+        masks = {kind: self._mask(cache, kind, new, x.dtype) for kind in kinds}
         for index, layer in enumerate(self.model.layers):
             kind = layer.attention_type
             x = layer(x, ropes[kind], masks[kind], cache, index)

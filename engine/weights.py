@@ -87,18 +87,88 @@ def fuse_experts(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[
     return out
 
 
-def expected_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
+def checkpoint_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of ``config`` must hold, in Hugging Face names (experts fused)."""
+    h, d = config.hidden_size, config.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, h),
+                                          "model.norm.weight": (h,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    for layer in range(config.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        projections = {"q_proj": config.num_attention_heads * d, "k_proj": config.num_key_value_heads * d,
+                       "v_proj": config.num_key_value_heads * d}
+        for name, rows in projections.items():
+            shapes[f"{p}self_attn.{name}.weight"] = (rows, h)
+            if config.attention_bias:
+                shapes[f"{p}self_attn.{name}.bias"] = (rows,)
+        shapes[f"{p}self_attn.o_proj.weight"] = (h, config.num_attention_heads * d)
+        if config.attention_bias:
+            shapes[f"{p}self_attn.o_proj.bias"] = (h,)
+        if config.qk_norm:
+            shapes[f"{p}self_attn.q_norm.weight"] = (d,)
+            shapes[f"{p}self_attn.k_norm.weight"] = (d,)
+        shapes[f"{p}input_layernorm.weight"] = (h,)
+        shapes[f"{p}post_attention_layernorm.weight"] = (h,)
+        if config.mlp_layer_types[layer] == SPARSE:
+            e, i = config.num_experts, config.moe_intermediate_size
+            shapes[f"{p}mlp.gate.weight"] = (e, h)
+            shapes[f"{p}mlp.experts.gate_up_proj"] = (e, 2 * i, h)
+            shapes[f"{p}mlp.experts.down_proj"] = (e, h, i)
+        else:
+            i = config.intermediate_size
+            shapes[f"{p}mlp.gate_proj.weight"] = (i, h)
+            shapes[f"{p}mlp.up_proj.weight"] = (i, h)
+            shapes[f"{p}mlp.down_proj.weight"] = (h, i)
+    return shapes
+
+
+_FUSIONS = (
+    ("self_attn.", ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
+    ("mlp.", ("gate_proj", "up_proj"), "gate_up_proj"),
+)
+
+
+def fuse_projections(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF checkpoint names -> the model's: q/k/v into ``qkv_proj``, dense gate/up into ``gate_up_proj``."""
+    out = dict(tensors)
+    for layer in range(config.num_hidden_layers):
+        for module, parts, fused in _FUSIONS:
+            prefix = f"model.layers.{layer}.{module}"
+            for suffix in ("weight", "bias"):
+                names = [f"{prefix}{part}.{suffix}" for part in parts]
+                if all(name in out for name in names):
+                    out[f"{prefix}{fused}.{suffix}"] = torch.cat([out.pop(name) for name in names])
+    return out
+
+
+def checkpoint_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under Hugging Face checkpoint names (fused projections split; views, no copy)."""
+    config: ModelConfig = model.config
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("rotary.")}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    shapes = checkpoint_shapes(config)
+    for layer in range(config.num_hidden_layers):
+        for module, parts, fused in _FUSIONS:
+            prefix = f"model.layers.{layer}.{module}"
+            for suffix in ("weight", "bias"):
+                name = f"{prefix}{fused}.{suffix}"
+                if name not in state:
+                    continue
+                sizes = [shapes[f"{prefix}{part}.{suffix}"][0] for part in parts]
+                for part, piece in zip(parts, state.pop(name).split(sizes)):
+                    state[f"{prefix}{part}.{suffix}"] = piece
+    return state
 
 
 def assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], config: ModelConfig,
            dtype: torch.dtype) -> None:
-    """Load ``tensors`` into ``model`` in ``dtype``, strictly; raise ``WeightsError`` on any mismatch."""
+    """Load ``tensors`` (HF names) into ``model`` in ``dtype``, strictly; ``WeightsError`` names any mismatch."""
     tensors = fuse_experts(tensors, config) if SPARSE in config.mlp_layer_types else dict(tensors)
     tensors = {name: t for name, t in tensors.items() if not _IGNORED.search(name)}
-    expected = expected_shapes(model)
+    expected = checkpoint_shapes(config)
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
         tensors.pop("lm_head.weight", None)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -116,6 +186,7 @@ def assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], config: Mod
         problems.append(f"mis-shaped tensors: {'; '.join(misshaped[:10])}")
     if problems:
         raise WeightsError("checkpoint does not match the config: " + " | ".join(problems))
-    state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+    state = {name: t.to(dtype) if t.is_floating_point() else t
+             for name, t in fuse_projections(tensors, config).items()}
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()

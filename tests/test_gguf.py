@@ -14,6 +14,7 @@ from engine.errors import WeightsError
 from engine.gguf_read import GGUFFile, config_from_gguf, dequantize, read_tensors
 from engine.gguf_write import write_gguf
 from engine.loader import build_model, load_model
+from engine.weights import checkpoint_state
 
 
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1])
@@ -81,7 +82,7 @@ def test_llama_gguf_round_trip_undoes_rope_permutation(tmp_path, default_engine)
     """Writing the default model (llama architecture, permuted q/k) and reading it back is exact."""
     model = default_engine.model
     path = tmp_path / "smollm.gguf"
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("rotary")}
+    state = checkpoint_state(model)
     write_gguf(path, model.config, state, qtype=Q.F32, tokenizer=default_engine.tokenizer)
     gguf = GGUFFile(path)
     tensors = read_tensors(gguf, config_from_gguf(gguf))

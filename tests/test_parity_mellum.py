@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import FULL, SLIDING, TINY_MELLUM, assert_logits_close, hf_mellum, our_logits
 
+import engine.model
 from engine.config import from_hf_dict
 from engine.loader import build_model, load_model
 
@@ -32,6 +33,14 @@ def test_tiny_mellum_matches_transformers(layout, ids, tiny_hf, tiny_fused_dir, 
 def test_tiny_mellum_chunked_prefill_matches_transformers(ids, tiny_hf, tiny_fused_dir):
     model = load_model(tiny_fused_dir)
     assert_logits_close(our_logits(model, ids, chunk=7), reference_logits(tiny_hf, ids))
+
+
+@pytest.mark.parametrize("block,chunk", [(4, None), (5, 13), (3, 7), (16, 30)])
+def test_query_blocks_match_transformers(monkeypatch, ids, tiny_hf, tiny_fused_dir, block, chunk):
+    """Long query runs are split into blocks that skip keys outside the causal band and the window."""
+    monkeypatch.setattr(engine.model, "QUERY_BLOCK", block)
+    model = load_model(tiny_fused_dir)
+    assert_logits_close(our_logits(model, ids, chunk=chunk), reference_logits(tiny_hf, ids))
 
 
 def test_yarn_and_window_matter(ids, tiny_hf, tiny_fused_dir):
