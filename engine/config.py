@@ -191,6 +191,11 @@ def _common(d: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _num_experts(d: dict[str, Any]) -> int:
+    """transformers writes ``num_local_experts`` for what config files call ``num_experts``."""
+    return int(d.get("num_experts") or d.get("num_local_experts") or 0)
+
+
 def _check_act(d: dict[str, Any]) -> None:
     act = d.get("hidden_act", "silu")
     if act != "silu":
@@ -217,7 +222,7 @@ def _mellum(d: dict[str, Any]) -> ModelConfig:
         rope=rope,
         sliding_window=d.get("sliding_window"),
         qk_norm=True,
-        num_experts=int(d.get("num_experts", d.get("num_local_experts", 0)) or 0),
+        num_experts=_num_experts(d),
         num_experts_per_tok=int(d.get("num_experts_per_tok") or 0),
         moe_intermediate_size=int(d.get("moe_intermediate_size") or 0),
         norm_topk_prob=bool(d.get("norm_topk_prob", True)),
@@ -257,7 +262,7 @@ def _qwen3(d: dict[str, Any], moe: bool) -> ModelConfig:
         mlp_layer_types=tuple(mlp_layer_types),
         rope={FULL: _single_rope(d)},
         qk_norm=True,
-        num_experts=int(d.get("num_experts", 0) or 0),
+        num_experts=_num_experts(d),
         num_experts_per_tok=int(d.get("num_experts_per_tok") or 0),
         moe_intermediate_size=int(d.get("moe_intermediate_size") or 0),
         norm_topk_prob=bool(d.get("norm_topk_prob", False)),
