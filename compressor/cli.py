@@ -1,12 +1,22 @@
-"""``focal`` command line. Subcommands: ``demo`` (load the default model, score and generate)."""
+"""``focal`` command line.
+
+- ``focal compress``: compress chunks for a question (JSONL of chunks, plain files, or a data set
+  of questions in the shared schema); the prompt goes to stdout, a summary to stderr.
+- ``focal demo``: load a model, score passages against a question, generate an answer.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
+
+from compressor.types import METHODS, REORDERS, Chunk, CompressionInputError, CompressOptions, CompressRequest
 
 DEMO_QUESTION = "Which river flows through Paris?"
 DEMO_PASSAGES = [
@@ -42,6 +52,82 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_chunks(paths: list[str]) -> tuple[list[Chunk], list[dict]]:
+    """Chunks from JSONL files ({"id"?, "text", "score"?, "metadata"?} per line) or plain files
+    (one chunk each); questions in the shared data schema ({"question", "chunks": [...]}) are
+    returned separately."""
+    chunks: list[Chunk] = []
+    questions: list[dict] = []
+    for path in map(Path, paths):
+        if path.suffix != ".jsonl":
+            chunks.append(Chunk(str(path), path.read_text(errors="replace")))
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CompressionInputError(f"{path}:{number}", f"not valid JSON ({exc.msg})") from exc
+            if "question" in row and "chunks" in row:
+                questions.append(row)
+            elif isinstance(row.get("text"), str):
+                chunks.append(Chunk(str(row.get("id", f"{path.name}:{number}")), row["text"], row.get("score"),
+                                    row.get("metadata") or {}))
+            else:
+                raise CompressionInputError(f"{path}:{number}", "needs a 'text' string or 'question' and 'chunks'")
+    return chunks, questions
+
+
+def _chunk_of(index: int, raw: dict) -> Chunk:
+    title = raw.get("title")
+    text = f"{title}\n{raw['text']}" if title else raw["text"]
+    return Chunk(str(raw.get("id", index)), text, raw.get("score"))
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from compressor.compressor import Compressor
+    from engine import Engine
+    from engine.device import parse_dtype
+
+    torch.set_num_threads(args.threads)
+    options = CompressOptions(force_tokens=args.force_token, reorder=args.reorder, instruction=args.instruction,
+                              separator=args.separator.encode().decode("unicode_escape"))
+    try:
+        chunks, questions = _read_chunks(args.inputs)
+        if chunks and not args.query:
+            raise CompressionInputError("--query", "is required when the inputs are chunks")
+        requests = [CompressRequest(args.query or "", chunks, args.rate, args.target_tokens, args.method, options)]
+        if questions:
+            requests = [CompressRequest(q["question"], [_chunk_of(i, c) for i, c in enumerate(q["chunks"])],
+                                        args.rate, args.target_tokens, args.method, options) for q in questions]
+        for request in requests:
+            request.validate()
+    except (CompressionInputError, OSError) as exc:
+        print(f"focal compress: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    compressor = Compressor(Engine.load(args.model, dtype=parse_dtype(args.dtype)))
+    print(f"model loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    before = after = 0
+    started = time.perf_counter()
+    for number, request in enumerate(requests, 1):
+        result = compressor.compress(request)
+        before += result.original_tokens
+        after += result.compressed_tokens
+        if args.json:
+            print(json.dumps({**asdict(result), "ratio": result.ratio}))
+        else:
+            print(result.prompt + ("\n" + "=" * 40 if len(requests) > 1 else ""))
+        if len(requests) > 1:
+            print(f"[{number}/{len(requests)}] {result.original_tokens} -> {result.compressed_tokens} tokens "
+                  f"({result.timings['total']:.2f}s)", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    print(f"tokens {before} -> {after} ({before / max(after, 1):.1f}x fewer), {len(requests)} request(s), "
+          f"{elapsed:.2f}s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focal", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None, help="GGUF file or HF directory (default: the embedded SmolLM2)")
     demo.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: %(default)s)")
     demo.set_defaults(run=_demo)
+
+    compress = commands.add_parser("compress", help="compress retrieved chunks for a question")
+    compress.add_argument("inputs", nargs="+", help="JSONL of chunks or of questions (shared data schema), "
+                                                     "or plain files (one chunk each)")
+    compress.add_argument("--query", "-q", help="the question (required for chunk inputs)")
+    budget = compress.add_mutually_exclusive_group()
+    budget.add_argument("--rate", type=float, default=None, help="fraction of the context tokens to keep (0, 1]")
+    budget.add_argument("--target-tokens", type=int, default=None, help="token budget for the kept context")
+    compress.add_argument("--method", choices=METHODS, default="token", help="default: %(default)s")
+    compress.add_argument("--reorder", choices=REORDERS, default="original", help="default: %(default)s")
+    compress.add_argument("--instruction", default="", help="text put before the context, never compressed")
+    compress.add_argument("--separator", default="\\n\\n", help="between kept chunks (escapes allowed)")
+    compress.add_argument("--force-token", action="append", default=[], help="a word never dropped (repeatable)")
+    compress.add_argument("--json", action="store_true", help="print the full result as JSON, one line per request")
+    compress.add_argument("--model", default=None, help="GGUF file or HF directory (default: the embedded SmolLM2)")
+    compress.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has bf16 units), float32, bfloat16")
+    compress.add_argument("--threads", type=int, default=torch.get_num_threads(), help="default: %(default)s")
+    compress.set_defaults(run=_compress)
     return parser
 
 

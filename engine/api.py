@@ -54,7 +54,7 @@ class Engine:
     """
 
     def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, prefill_chunk: int = 2048,
-                 max_batch_tokens: int = 4096, logits_rows: int = 512) -> None:
+                 max_batch_tokens: int = 4096, logits_rows: int = 128) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.prefill_chunk = prefill_chunk
@@ -89,17 +89,25 @@ class Engine:
                  for start in range(0, ids.shape[1], self.prefill_chunk)]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    def _log_softmax_rows(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.model.logits(hidden).float(), dim=-1)
+    def _row_scores(self, hidden: torch.Tensor, targets: torch.Tensor | None,
+                    entropy: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Log-probability of ``targets`` and entropy for hidden rows, via logsumexp (no full softmax)."""
+        logits = self.model.logits(hidden).float()
+        normalizer = torch.logsumexp(logits, dim=-1)
+        logprobs = None if targets is None else logits.gather(1, targets[:, None]).squeeze(1) - normalizer
+        entropies = None
+        if entropy:
+            entropies = normalizer - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        return logprobs, entropies
 
-    def _gather(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of ``targets`` [N] and entropy, from hidden [N, H], ``logits_rows`` at a time."""
+    def _gather(self, hidden: torch.Tensor, targets: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of hidden [N, H] against ``targets`` [N], ``logits_rows`` rows at a time (bounded memory)."""
         logprobs, entropies = [], []
         for start in range(0, hidden.shape[0], self.logits_rows):
-            logp = self._log_softmax_rows(hidden[start : start + self.logits_rows])
-            rows = targets[start : start + self.logits_rows]
-            logprobs.append(logp.gather(1, rows[:, None]).squeeze(1))
-            entropies.append(-(logp.exp() * logp).sum(-1))
+            lp, ent = self._row_scores(hidden[start : start + self.logits_rows],
+                                       targets[start : start + self.logits_rows], entropy)
+            logprobs.append(lp)
+            entropies.append(ent if ent is not None else torch.full_like(lp, float("nan")))
         return torch.cat(logprobs), torch.cat(entropies)
 
     def _prefix_ids(self, prefix: list[int]) -> list[int]:
@@ -110,15 +118,17 @@ class Engine:
         return [self.config.bos_token_id]
 
     @torch.inference_mode()
-    def score(self, prefix: list[int], continuations: list[list[int]]) -> list[TokenScores]:
-        """Log-probability and entropy of each continuation token given ``prefix`` (BOS if empty)."""
+    def score(self, prefix: list[int], continuations: list[list[int]], entropy: bool = True) -> list[TokenScores]:
+        """Log-probability (and, if ``entropy``, the entropy of the model's distribution; NaN otherwise)
+        of each continuation token given ``prefix`` (BOS if empty)."""
         prefix = self._prefix_ids(prefix)
         self._check_length(len(prefix) + max((len(c) for c in continuations), default=0))
         device = self.model.model.embed_tokens.weight.device
         prefix_cache = self.model.new_cache(1)
         prefix_hidden = self.prefill(torch.tensor([prefix], device=device), prefix_cache)[:, -1]
-        first = self._log_softmax_rows(prefix_hidden)[0]
-        first_entropy = -(first.exp() * first).sum()
+        logits = self.model.logits(prefix_hidden).float()[0]
+        first = logits - torch.logsumexp(logits, dim=-1)
+        first_entropy = -(first.exp() * first).sum() if entropy else torch.tensor(float("nan"))
         results: list[TokenScores | None] = [None] * len(continuations)
         order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
         batch: list[int] = []
@@ -126,14 +136,15 @@ class Engine:
             longest = len(continuations[index]) if index is not None else 0
             if index is None or (batch and (len(batch) + 1) * longest > self.max_batch_tokens):
                 self._score_batch(prefix_cache, first, first_entropy, [continuations[i] for i in batch],
-                                  batch, results, device)
+                                  batch, results, device, entropy)
                 batch = []
             if index is not None:
                 batch.append(index)
         return [r for r in results if r is not None]
 
     def _score_batch(self, prefix_cache: KVCache, first: torch.Tensor, first_entropy: torch.Tensor,
-                     seqs: list[list[int]], indices: list[int], results: list, device: torch.device) -> None:
+                     seqs: list[list[int]], indices: list[int], results: list, device: torch.device,
+                     entropy: bool) -> None:
         if not seqs:
             return
         longest = max(len(s) for s in seqs)
@@ -158,7 +169,7 @@ class Engine:
                 targets.append(torch.tensor(seq[1:], device=device))
             owners.append(len(seq) - 1)
         if rows:
-            logprobs, entropies = self._gather(torch.cat(rows), torch.cat(targets))
+            logprobs, entropies = self._gather(torch.cat(rows), torch.cat(targets), entropy)
         offset = 0
         for (i, seq), count in zip(live, owners):
             head_lp = first[seq[0]].reshape(1)

@@ -1,0 +1,168 @@
+"""Query-aware compression of retrieved chunks: coarse ranking, a budget controller, fine selection.
+
+Methods:
+- ``token``: rank chunks, give admitted chunks an allotment by rank, keep each chunk's most
+  informative words (surprisal given the question, boosted where the question raised the
+  probability); code chunks keep whole lines and their signatures.
+- ``sentence``: the same with whole sentences (lines for code).
+- ``chunk``: rank and keep whole chunks while they fit; no edits inside a chunk.
+
+The budget bounds the tokens of the kept context (the instruction and question are added around
+it and reported separately). It is honoured exactly: after assembly the context is counted with
+the engine's tokenizer and the least important units are dropped until it fits.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from compressor import budget
+from compressor.select import Unit, choose, render, token_importance, units_of
+from compressor.signals import ChunkTokens, SignalScorer
+from compressor.types import ChunkResult, CompressRequest, CompressResult
+from engine import Engine
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs of the token/sentence methods (defaults tuned on the NQ and code dev sets)."""
+
+    density: float = 0.7  # average fraction of its tokens an admitted chunk keeps
+    steepness: float = 2.0  # how fast the kept fraction falls with rank (see compressor.budget)
+    contrast: float = 1.0  # weight of the question's effect on a token's probability
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _edges(order: list[int]) -> list[int]:
+    """Most relevant first and last, least relevant in the middle (against lost-in-the-middle)."""
+    front, back = order[0::2], order[1::2]
+    return front + back[::-1]
+
+
+class Compressor:
+    def __init__(self, engine: Engine, tuning: Tuning | None = None) -> None:
+        self.engine = engine
+        self.scorer = SignalScorer(engine)
+        self.tuning = tuning or Tuning()
+
+    def count(self, text: str) -> int:
+        return len(self.engine.encode(text)) if text else 0
+
+    def compress(self, request: CompressRequest) -> CompressResult:
+        request.validate()
+        clock = time.perf_counter()
+        timings: dict[str, float] = {}
+        options = request.options
+        texts = [c.text for c in request.chunks]
+        tokens = self.scorer.tokenize(texts)
+        sizes = [len(t.ids) for t in tokens]
+        original = self.count(options.separator.join(t.strip() for t in texts if t.strip()))
+        target = original if request.rate is None and request.target_tokens is None else (
+            int(request.rate * original) if request.rate is not None else min(request.target_tokens, original))
+        duplicate_of = self._duplicates(request)
+        unique = [i for i in range(len(texts)) if i not in duplicate_of]
+        timings["tokenize"] = time.perf_counter() - clock
+
+        started = time.perf_counter()
+        self.scorer.coarse([tokens[i] for i in unique], request.query, options.instruction)
+        order = self._rank(request, tokens, unique)
+        timings["rank"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        if request.method == "chunk" or target >= original:
+            allotment = budget.whole_chunks(order, sizes, target)
+        else:
+            allotment = budget.allocate(order, sizes, target, self.tuning.density, self.tuning.steepness)
+        partial = [i for i, n in allotment.items() if n < sizes[i]]
+        self.scorer.fine([tokens[i] for i in partial], request.query, options.instruction)
+        timings["fine"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        units: dict[int, list[Unit]] = {}
+        kept: dict[int, list[int]] = {}
+        force = {t.strip() for t in options.force_tokens if t.strip()}
+        granularity = "word" if request.method == "token" else "sentence"
+        for index in partial:
+            importance = token_importance(tokens[index], self.tuning.contrast)
+            units[index] = units_of(texts[index], tokens[index], importance, granularity, force)
+            kept[index] = choose(units[index], allotment[index])
+        chosen = {i: (render(texts[i], units[i], kept[i]) if i in units else texts[i].strip())
+                  for i in allotment}
+        context_order = self._order(options.reorder, order, [i for i in order if i in allotment and chosen[i]])
+        rank_of = {index: rank for rank, index in enumerate(order)}
+        context = self._fit(context_order, rank_of, chosen, units, kept, texts, target, options.separator)
+        timings["select"] = time.perf_counter() - started
+
+        results = []
+        for index, chunk in enumerate(request.chunks):
+            dup = duplicate_of.get(index)
+            kept_text = chosen.get(index, "") if index in context_order else ""
+            results.append(ChunkResult(
+                id=chunk.id, kept_text=kept_text, original_tokens=sizes[index], kept_tokens=self.count(kept_text),
+                relevance=tokens[dup if dup is not None else index].relevance,
+                rank=rank_of.get(dup if dup is not None else index, len(order)),
+                duplicate_of=request.chunks[dup].id if dup is not None else None))
+        prompt = self._prompt(context, request)
+        timings["total"] = time.perf_counter() - clock
+        return CompressResult(prompt=prompt, chunks=results, original_tokens=original,
+                              compressed_tokens=self.count(context), prompt_tokens=self.count(prompt),
+                              target_tokens=target, method=request.method, timings=timings)
+
+    @staticmethod
+    def _duplicates(request: CompressRequest) -> dict[int, int]:
+        """Chunk index -> index of its first identical (whitespace/case-insensitive) twin."""
+        first: dict[str, int] = {}
+        duplicates = {}
+        for index, chunk in enumerate(request.chunks):
+            key = _normal(chunk.text)
+            if key in first:
+                duplicates[index] = first[key]
+            else:
+                first[key] = index
+        return duplicates
+
+    @staticmethod
+    def _rank(request: CompressRequest, tokens: list[ChunkTokens], unique: list[int]) -> list[int]:
+        """Most relevant first: the engine's relevance; without a query, the retriever's score, then input order."""
+        if request.query:
+            return sorted(unique, key=lambda i: (-tokens[i].relevance, i))
+        return sorted(unique, key=lambda i: (-(request.chunks[i].score or 0.0), i))
+
+    @staticmethod
+    def _order(reorder: str, ranked: list[int], kept_by_rank: list[int]) -> list[int]:
+        if reorder == "relevance":
+            return kept_by_rank
+        if reorder == "edges":
+            return _edges(kept_by_rank)
+        return sorted(kept_by_rank)
+
+    def _fit(self, order: list[int], rank_of: dict[int, int], chosen: dict[int, str], units: dict[int, list[Unit]],
+             kept: dict[int, list[int]], texts: list[str], target: int, separator: str) -> str:
+        """Join the chosen texts; while the real token count exceeds the target, drop the least
+        important unit (or, when only whole chunks are left, the worst-ranked chunk)."""
+        while True:
+            context = separator.join(chosen[i] for i in order if chosen[i])
+            if self.count(context) <= target or not order:
+                return context
+            droppable = [(units[i][u].importance, i, u) for i in order if i in units for u in kept[i]
+                         if not units[i][u].forced]
+            if droppable:
+                _, index, unit = min(droppable)
+                kept[index].remove(unit)
+                chosen[index] = render(texts[index], units[index], kept[index])
+            else:
+                worst = max(order, key=rank_of.__getitem__)
+                order.remove(worst)
+                chosen[worst] = ""
+
+    @staticmethod
+    def _prompt(context: str, request: CompressRequest) -> str:
+        parts = [request.options.instruction.strip(), context]
+        if request.options.include_question and request.query:
+            parts.append(f"Question: {request.query}")
+        return "\n\n".join(p for p in parts if p)

@@ -1,0 +1,87 @@
+"""Inside one chunk: score units (words, sentences or code lines) and keep the best within an allotment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compressor import segment
+from compressor.signals import ChunkTokens
+
+
+@dataclass
+class Unit:
+    span: segment.Span
+    cost: int  # tokens of the chunk's own tokenisation that start inside the unit
+    importance: float
+    forced: bool
+
+
+def token_importance(chunk: ChunkTokens, contrast: float) -> torch.Tensor:
+    """Surprisal given the question, plus ``contrast`` x how much the question raised the token's probability."""
+    with_question = chunk.logp_question if chunk.logp_question is not None else chunk.logp_plain
+    return -with_question + contrast * (with_question - chunk.logp_plain)
+
+
+def units_of(text: str, chunk: ChunkTokens, importance: torch.Tensor, granularity: str,
+             force: set[str]) -> list[Unit]:
+    """Cut ``text`` into units and give each its token cost and importance.
+
+    granularity: ``word`` (prose words, importance = max over tokens: one surprising token makes
+    a word worth keeping) or ``sentence`` (sentences, or lines for code; importance = mean).
+    Code is always cut in lines, and its signature lines are forced.
+    """
+    code = segment.looks_like_code(text)
+    if code:
+        spans = segment.lines(text)
+    elif granularity == "word":
+        spans = segment.words(text)
+    else:
+        spans = segment.sentences(text)
+    starts = [start for start, _ in chunk.offsets]
+    units, token = [], 0
+    for position, span in enumerate(spans):
+        end = spans[position + 1].start if position + 1 < len(spans) else len(text) + 1
+        first = token
+        while token < len(starts) and starts[token] < end:
+            token += 1
+        values = importance[first:token]
+        if values.numel() == 0:
+            score = float("-inf")
+        elif granularity == "word" and not code:
+            score = values.max().item()
+        else:
+            score = values.mean().item()
+        body = span.text(text).strip()
+        forced = body in force or (code and segment.is_signature(span.text(text)))
+        units.append(Unit(span, token - first, score, forced))
+    return units
+
+
+def choose(units: list[Unit], allotment: int) -> list[int]:
+    """Indices of the units to keep: forced ones, then the most important that fit; in text order."""
+    kept = [i for i, u in enumerate(units) if u.forced]
+    used = sum(units[i].cost for i in kept)
+    for index in sorted(range(len(units)), key=lambda i: -units[i].importance):
+        unit = units[index]
+        if unit.forced or used + unit.cost > allotment:
+            continue
+        kept.append(index)
+        used += unit.cost
+    return sorted(kept)
+
+
+def render(text: str, units: list[Unit], kept: list[int]) -> str:
+    """The kept units joined in order. Where a dropped unit separated two kept ones that would
+    otherwise touch (``run `cmd``` losing the backtick), a space keeps them apart."""
+    pieces: list[str] = []
+    previous = None
+    for index in kept:
+        piece = units[index].span.text(text)
+        if previous is not None and index != previous + 1 and pieces and not piece[:1].isspace() \
+                and not pieces[-1][-1:].isspace():
+            piece = " " + piece
+        pieces.append(piece)
+        previous = index
+    return "".join(pieces).strip()

@@ -1,0 +1,93 @@
+"""Requests and results of a compression, with validation that names the offending field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("token", "sentence", "chunk")
+REORDERS = ("original", "relevance", "edges")
+
+
+class CompressionInputError(ValueError):
+    """A request is malformed; ``field`` names the part at fault (the service maps it to INVALID_ARGUMENT)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class Chunk:
+    id: str
+    text: str
+    score: float | None = None  # the retriever's score, if any (higher = more relevant)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CompressOptions:
+    force_tokens: list[str] = field(default_factory=list)  # words never dropped (exact match, e.g. "\n", "?")
+    reorder: str = "original"  # order of kept chunks: original | relevance | edges
+    instruction: str = ""  # put before the context in the prompt, never compressed
+    separator: str = "\n\n"  # between kept chunks
+    include_question: bool = True  # end the prompt with the question
+
+
+@dataclass
+class CompressRequest:
+    query: str
+    chunks: list[Chunk]
+    rate: float | None = None  # fraction of the chunks' tokens to keep, in (0, 1]
+    target_tokens: int | None = None  # or an absolute budget for the kept context
+    method: str = "token"
+    options: CompressOptions = field(default_factory=CompressOptions)
+
+    def validate(self) -> None:
+        if not isinstance(self.query, str):
+            raise CompressionInputError("query", "must be a string")
+        if self.method not in METHODS:
+            raise CompressionInputError("method", f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.rate is not None and self.target_tokens is not None:
+            raise CompressionInputError("rate", "give rate or target_tokens, not both")
+        if self.rate is not None and not 0 < self.rate <= 1:
+            raise CompressionInputError("rate", f"must be in (0, 1], got {self.rate}")
+        if self.target_tokens is not None and self.target_tokens < 1:
+            raise CompressionInputError("target_tokens", f"must be at least 1, got {self.target_tokens}")
+        if self.options.reorder not in REORDERS:
+            raise CompressionInputError(
+                "options.reorder", f"unknown order {self.options.reorder!r}; use one of {', '.join(REORDERS)}")
+        seen: set[str] = set()
+        for index, chunk in enumerate(self.chunks):
+            if not isinstance(chunk.text, str):
+                raise CompressionInputError(f"chunks[{index}].text", "must be a string")
+            if chunk.id in seen:
+                raise CompressionInputError(f"chunks[{index}].id", f"duplicate chunk id {chunk.id!r}")
+            seen.add(chunk.id)
+
+
+@dataclass
+class ChunkResult:
+    id: str
+    kept_text: str
+    original_tokens: int
+    kept_tokens: int
+    relevance: float  # the engine's mean log-probability of the question given the chunk (higher = better)
+    rank: int  # 0 = most relevant
+    duplicate_of: str | None = None
+
+
+@dataclass
+class CompressResult:
+    prompt: str
+    chunks: list[ChunkResult]
+    original_tokens: int  # tokens of the uncompressed context (all chunks joined by the separator)
+    compressed_tokens: int  # tokens of the kept context (what the budget bounds)
+    prompt_tokens: int  # tokens of the whole prompt (instruction + context + question)
+    target_tokens: int
+    method: str
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def ratio(self) -> float:
+        """Original over compressed context tokens (4.0 means four times fewer)."""
+        return self.original_tokens / max(self.compressed_tokens, 1)

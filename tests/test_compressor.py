@@ -1,0 +1,179 @@
+"""The compressor on the real default model: budgets, methods, options, edge cases, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from compressor.cli import main
+from compressor.compressor import Compressor
+from compressor.types import Chunk, CompressionInputError, CompressOptions, CompressRequest
+from engine import Engine
+from engine.device import preferred_dtype
+
+SAMPLE = Path(__file__).parent.parent / "examples" / "sample_request.jsonl"
+
+
+@pytest.fixture(scope="module")
+def compressor() -> Compressor:
+    return Compressor(Engine.load(dtype=preferred_dtype()))
+
+
+@pytest.fixture(scope="module")
+def sample() -> dict:
+    return json.loads(SAMPLE.read_text())
+
+
+def request_of(sample: dict, **kwargs) -> CompressRequest:
+    chunks = [Chunk(c["title"], f"{c['title']}\n{c['text']}") for c in sample["chunks"]]
+    return CompressRequest(sample["question"], chunks, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["token", "sentence", "chunk"])
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.125])
+def test_budget_is_honoured_and_reported(compressor, sample, method, rate):
+    result = compressor.compress(request_of(sample, rate=rate, method=method))
+    assert result.target_tokens == int(rate * result.original_tokens)
+    assert 0 < result.compressed_tokens <= result.target_tokens
+    assert result.compressed_tokens == compressor.count(result.prompt.rsplit("\n\nQuestion:", 1)[0])
+    assert result.prompt.endswith(f"Question: {sample['question']}")
+    assert sum(c.kept_tokens > 0 for c in result.chunks) >= 1
+    assert result.ratio >= 1 / rate * 0.9 or method != "token"
+
+
+def test_relevant_chunk_ranks_first_and_keeps_the_answer(compressor, sample):
+    result = compressor.compress(request_of(sample, rate=0.25))
+    best = min(result.chunks, key=lambda c: c.rank)
+    assert best.id == "Canary analysis"
+    assert "15 minutes" in result.prompt
+    assert [c.rank for c in sorted(result.chunks, key=lambda c: -c.relevance)] == list(range(len(result.chunks)))
+
+
+def test_methods_keep_their_units_whole(compressor, sample):
+    originals = {c["title"]: f"{c['title']}\n{c['text']}" for c in sample["chunks"]}
+    chunk_result = compressor.compress(request_of(sample, rate=0.3, method="chunk"))
+    for c in chunk_result.chunks:
+        assert c.kept_text in ("", originals[c.id].strip())
+    sentence_result = compressor.compress(request_of(sample, rate=0.3, method="sentence"))
+    for c in sentence_result.chunks:
+        for sentence in re.split(r"(?<=[.!?])\s+|\n", c.kept_text):
+            assert sentence.strip() in originals[c.id]
+    token_result = compressor.compress(request_of(sample, rate=0.3, method="token"))
+    every_word = " ".join(originals.values())
+    for c in token_result.chunks:
+        for word in re.findall(r"\d[\d.,:%]*\d|\w+", c.kept_text):
+            assert re.search(rf"(?<![\w.]){re.escape(word)}", every_word), word
+    assert "0.5%" in token_result.prompt or "0.5" not in token_result.prompt
+
+
+def test_force_tokens_and_instruction(compressor, sample):
+    options = CompressOptions(force_tokens=["Monday", "v2.14.0"], instruction="Answer from the context only.")
+    result = compressor.compress(request_of(sample, rate=0.25, method="token", options=options))
+    assert result.prompt.startswith("Answer from the context only.")
+    kept_ids = {c.id for c in result.chunks if c.kept_tokens}
+    if "On-call rotation" in kept_ids:
+        assert "Monday" in result.prompt
+
+
+@pytest.mark.parametrize("reorder", ["original", "relevance", "edges"])
+def test_reorder(compressor, sample, reorder):
+    result = compressor.compress(request_of(sample, rate=0.6, method="chunk",
+                                            options=CompressOptions(reorder=reorder)))
+    kept = [c for c in result.chunks if c.kept_text]
+    positions = sorted(kept, key=lambda c: result.prompt.index(c.kept_text))
+    ranks = [c.rank for c in positions]
+    if reorder == "original":
+        assert [c.id for c in positions] == [c.id for c in kept]
+    elif reorder == "relevance":
+        assert ranks == sorted(ranks)
+    else:
+        assert ranks[0] == 0 and ranks[-1] == 1 and len(ranks) >= 3
+
+
+def test_no_chunks(compressor):
+    result = compressor.compress(CompressRequest("Anything?", [], rate=0.5))
+    assert result.prompt == "Question: Anything?"
+    assert (result.original_tokens, result.compressed_tokens, result.chunks) == (0, 0, [])
+
+
+def test_empty_query_ranks_by_retriever_score(compressor, sample):
+    chunks = [Chunk(str(i), c["text"], score=float(i)) for i, c in enumerate(sample["chunks"])]
+    result = compressor.compress(CompressRequest("", chunks, rate=0.3, method="chunk"))
+    assert min(result.chunks, key=lambda c: c.rank).id == str(len(chunks) - 1)
+    assert "Question:" not in result.prompt
+
+
+def test_budget_larger_than_input_keeps_everything(compressor, sample):
+    result = compressor.compress(request_of(sample, target_tokens=10_000))
+    assert result.target_tokens == result.original_tokens
+    for chunk, given in zip(result.chunks, sample["chunks"]):
+        assert chunk.kept_text == f"{given['title']}\n{given['text']}"
+
+
+def test_huge_chunk_longer_than_the_context(compressor, sample):
+    filler = " ".join(f"Line {i} of the archive lists routine maintenance on rack {i % 40}." for i in range(900))
+    huge = Chunk("huge", filler + " The canary waits for 15 minutes before promotion.")
+    assert len(compressor.engine.encode(huge.text)) > compressor.engine.context_length
+    result = compressor.compress(CompressRequest(sample["question"], [huge, Chunk("small", "Cats sleep a lot.")],
+                                                 target_tokens=300))
+    assert result.compressed_tokens <= 300
+    assert result.chunks[0].original_tokens > compressor.engine.context_length
+
+
+def test_non_english_and_mixed_code_and_prose(compressor):
+    chunks = [
+        Chunk("fr", "La tour Eiffel a été construite en 1889 pour l'Exposition universelle de Paris."),
+        Chunk("zh", "长城是中国古代的军事防御工程，全长超过两万公里。"),
+        Chunk("code", "def parse_header(line: str) -> dict:\n    key, _, value = line.partition(':')\n"
+                      "    result = {key.strip(): value.strip()}\n    return result\n"),
+        Chunk("mixed", "Call `parse_header()` on each line; it returns a dict such as {'Host': 'example.com'}."),
+    ]
+    result = compressor.compress(CompressRequest("Quand la tour Eiffel a-t-elle été construite ?", chunks,
+                                                 rate=0.7))
+    assert result.compressed_tokens <= result.target_tokens
+    code = next(c for c in result.chunks if c.id == "code")
+    if code.kept_text:
+        assert code.kept_text.startswith("def parse_header(line: str) -> dict:")
+    assert "parse_heade " not in result.prompt and "1889" in result.prompt
+
+
+def test_duplicate_chunks_are_kept_once(compressor, sample):
+    text = sample["chunks"][3]["text"]
+    chunks = [Chunk("a", text), Chunk("b", "  " + text.upper() + " "), Chunk("c", sample["chunks"][0]["text"])]
+    result = compressor.compress(CompressRequest(sample["question"], chunks, target_tokens=10_000))
+    assert result.chunks[1].duplicate_of == "a" and result.chunks[1].kept_text == ""
+    assert result.prompt.lower().count("the canary is promoted") == 1
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"rate": 0.0}, "rate"), ({"rate": 1.5}, "rate"), ({"target_tokens": 0}, "target_tokens"),
+    ({"rate": 0.5, "target_tokens": 10}, "rate"), ({"method": "magic"}, "method"),
+    ({"options": CompressOptions(reorder="random")}, "options.reorder"),
+])
+def test_bad_requests_name_the_field(compressor, kwargs, field):
+    with pytest.raises(CompressionInputError) as caught:
+        compressor.compress(CompressRequest("q?", [Chunk("1", "text")], **kwargs))
+    assert caught.value.field == field
+
+
+def test_duplicate_ids_are_rejected(compressor):
+    with pytest.raises(CompressionInputError, match=r"chunks\[1\]\.id"):
+        compressor.compress(CompressRequest("q?", [Chunk("1", "a"), Chunk("1", "b")]))
+
+
+def test_cli_compresses_the_sample(capsys):
+    assert main(["compress", str(SAMPLE), "--rate", "0.3", "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["compressed_tokens"] <= result["target_tokens"]
+    assert "fewer" in err
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{not json}\n')
+    assert main(["compress", str(bad), "--query", "q"]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
