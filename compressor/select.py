@@ -21,6 +21,8 @@ class Unit:
 def token_importance(chunk: ChunkTokens, contrast: float) -> torch.Tensor:
     """Surprisal given the question, plus ``contrast`` x how much the question raised the token's probability."""
     with_question = chunk.logp_question if chunk.logp_question is not None else chunk.logp_plain
+    if contrast == 0:
+        return -with_question
     return -with_question + contrast * (with_question - chunk.logp_plain)
 
 

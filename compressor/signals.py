@@ -3,7 +3,8 @@
 Pass 1 (every chunk): continuation ``chunk + "\\n\\nQuestion: q"`` after the instruction prefix.
   - relevance: mean log-probability of the question tokens given the chunk (LongLLMLingua's
     coarse signal: a chunk that explains the question makes it likely);
-  - ``logp_plain``: each chunk token's log-probability without the question.
+  - ``logp_plain``, only when the contrastive score needs it: each chunk token's log-probability
+    without the question.
 Pass 2 (only chunks that survive the coarse cut): continuation ``chunk`` after the prefix
 ``instruction + "Question: q\\n\\n"``, computed once and shared by every row (KV reuse):
   - ``logp_question``: each chunk token's log-probability given the question.
@@ -56,8 +57,9 @@ class SignalScorer:
             raise ValueError("the question and instruction leave no room for context in the model's window")
         return room
 
-    def coarse(self, chunks: list[ChunkTokens], query: str, instruction: str) -> None:
-        """Pass 1: relevance and question-free log-probabilities, for every chunk."""
+    def coarse(self, chunks: list[ChunkTokens], query: str, instruction: str, plain: bool) -> None:
+        """Pass 1: relevance for every chunk, and its question-free log-probabilities if ``plain``
+        (otherwise only the question tokens go through the vocabulary projection)."""
         prefix = self._prefix(instruction, None)
         question = self.engine.encode(QUESTION_SUFFIX.format(query=query)) if query else []
         room = self._room(prefix, question)
@@ -66,20 +68,28 @@ class SignalScorer:
             for start, end in _windows(chunk.ids, room):
                 rows.append(chunk.ids[start:end] + question)
                 owners.append((index, end - start))
-        scores = self.engine.score(prefix, rows, entropy=False)
-        plain: list[list[torch.Tensor]] = [[] for _ in chunks]
+        tail = None if plain or not question else len(question)
+        scores = self.engine.score(prefix, rows, entropy=False, tail=tail)
+        logp_plain: list[list[torch.Tensor]] = [[] for _ in chunks]
         best = [float("-inf")] * len(chunks)
         for (index, length), scored in zip(owners, scores):
-            plain[index].append(scored.logprobs[:length])
+            logp_plain[index].append(scored.logprobs[:length])
             if question:
                 best[index] = max(best[index], scored.logprobs[length:].mean().item())
         for index, chunk in enumerate(chunks):
-            chunk.logp_plain = torch.cat(plain[index]) if plain[index] else torch.empty(0)
+            chunk.logp_plain = torch.cat(logp_plain[index]) if logp_plain[index] else torch.empty(0)
             chunk.relevance = best[index] if question else 0.0
+
+    def plain(self, chunks: list[ChunkTokens], instruction: str) -> None:
+        """Question-free log-probabilities, for chunks whose coarse pass did not keep them."""
+        missing = [c for c in chunks if c.logp_plain is None or torch.isnan(c.logp_plain).any()]
+        if missing:
+            self._conditioned(missing, self._prefix(instruction, None), "logp_plain")
 
     def fine(self, chunks: list[ChunkTokens], query: str, instruction: str) -> None:
         """Pass 2: log-probabilities given the question, for the chunks passed in."""
         if not query:
+            self.plain(chunks, instruction)
             for chunk in chunks:
                 chunk.logp_question = chunk.logp_plain
             return

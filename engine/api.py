@@ -50,16 +50,18 @@ class Engine:
     """A loaded model with its tokenizer; batched scoring and generation on top of the KV cache.
 
     ``prefill_chunk`` is how many positions one forward covers (bounds activation memory for long
-    inputs); ``max_batch_tokens`` bounds rows x padded length of one scoring batch.
+    inputs); ``max_batch_tokens`` bounds rows x padded length of one scoring batch, and
+    ``max_padding`` the fraction of a batch that may be padding (length bucketing).
     """
 
     def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, prefill_chunk: int = 2048,
-                 max_batch_tokens: int = 4096, logits_rows: int = 128) -> None:
+                 max_batch_tokens: int = 4096, logits_rows: int = 128, max_padding: float = 0.1) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.prefill_chunk = prefill_chunk
         self.max_batch_tokens = max_batch_tokens
         self.logits_rows = logits_rows
+        self.max_padding = max_padding
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32,
@@ -118,9 +120,14 @@ class Engine:
         return [self.config.bos_token_id]
 
     @torch.inference_mode()
-    def score(self, prefix: list[int], continuations: list[list[int]], entropy: bool = True) -> list[TokenScores]:
-        """Log-probability (and, if ``entropy``, the entropy of the model's distribution; NaN otherwise)
-        of each continuation token given ``prefix`` (BOS if empty)."""
+    def score(self, prefix: list[int], continuations: list[list[int]], entropy: bool = True,
+              tail: int | None = None) -> list[TokenScores]:
+        """Log-probability (and, if ``entropy``, the entropy of the model's distribution) of each
+        continuation token given ``prefix`` (BOS if empty) and the tokens before it.
+
+        ``tail`` scores only the last ``tail`` tokens of every continuation (the others still
+        condition them, but get NaN): the vocabulary projection is skipped where nobody needs it.
+        """
         prefix = self._prefix_ids(prefix)
         self._check_length(len(prefix) + max((len(c) for c in continuations), default=0))
         device = self.model.model.embed_tokens.weight.device
@@ -130,21 +137,33 @@ class Engine:
         first = logits - torch.logsumexp(logits, dim=-1)
         first_entropy = -(first.exp() * first).sum() if entropy else torch.tensor(float("nan"))
         results: list[TokenScores | None] = [None] * len(continuations)
-        order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
-        batch: list[int] = []
-        for index in [*order, None]:
-            longest = len(continuations[index]) if index is not None else 0
-            if index is None or (batch and (len(batch) + 1) * longest > self.max_batch_tokens):
-                self._score_batch(prefix_cache, first, first_entropy, [continuations[i] for i in batch],
-                                  batch, results, device, entropy)
-                batch = []
-            if index is not None:
-                batch.append(index)
+        for batch in self._length_buckets(continuations):
+            self._score_batch(prefix_cache, first, first_entropy, [continuations[i] for i in batch],
+                              batch, results, device, entropy, tail)
         return [r for r in results if r is not None]
+
+    def _length_buckets(self, continuations: list[list[int]]) -> list[list[int]]:
+        """Indices grouped into right-padded batches: sorted by length, a new batch whenever padding
+        would exceed ``max_padding`` of the batch or its tokens would exceed ``max_batch_tokens``."""
+        order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        real = 0
+        for index in order:
+            length = len(continuations[index])
+            padded = (len(batch) + 1) * length
+            if batch and (padded > self.max_batch_tokens or padded - real - length > self.max_padding * padded):
+                batches.append(batch)
+                batch, real = [], 0
+            batch.append(index)
+            real += length
+        if batch:
+            batches.append(batch)
+        return batches
 
     def _score_batch(self, prefix_cache: KVCache, first: torch.Tensor, first_entropy: torch.Tensor,
                      seqs: list[list[int]], indices: list[int], results: list, device: torch.device,
-                     entropy: bool) -> None:
+                     entropy: bool, tail: int | None) -> None:
         if not seqs:
             return
         longest = max(len(s) for s in seqs)
@@ -162,21 +181,25 @@ class Engine:
                 padded[row, : len(seq) - 1] = torch.tensor(seq[:-1], device=device)
             cache = prefix_cache.repeat(len(live))
             hidden = self.prefill(padded, cache)
-        rows, targets, owners = [], [], []
+        rows, targets, starts = [], [], []
         for row, (_, seq) in enumerate(live):
-            if len(seq) > 1:
-                rows.append(hidden[row, : len(seq) - 1])
-                targets.append(torch.tensor(seq[1:], device=device))
-            owners.append(len(seq) - 1)
+            start = 1 if tail is None else max(1, len(seq) - tail)
+            if start < len(seq):
+                rows.append(hidden[row, start - 1 : len(seq) - 1])
+                targets.append(torch.tensor(seq[start:], device=device))
+            starts.append(start)
         if rows:
             logprobs, entropies = self._gather(torch.cat(rows), torch.cat(targets), entropy)
         offset = 0
-        for (i, seq), count in zip(live, owners):
-            head_lp = first[seq[0]].reshape(1)
-            lp = torch.cat((head_lp, logprobs[offset : offset + count])) if count else head_lp
-            ent = torch.cat((first_entropy.reshape(1), entropies[offset : offset + count])) if count \
-                else first_entropy.reshape(1)
-            results[i] = TokenScores(list(seq), lp.cpu(), ent.cpu())
+        for (i, seq), start in zip(live, starts):
+            lp = torch.full((len(seq),), float("nan"))
+            ent = torch.full((len(seq),), float("nan"))
+            if tail is None or tail >= len(seq):
+                lp[0], ent[0] = first[seq[0]], first_entropy
+            count = len(seq) - start
+            lp[start:] = logprobs[offset : offset + count].cpu() if count else lp[start:]
+            ent[start:] = entropies[offset : offset + count].cpu() if count else ent[start:]
+            results[i] = TokenScores(list(seq), lp, ent)
             offset += count
 
     @torch.inference_mode()

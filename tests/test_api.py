@@ -92,3 +92,26 @@ def test_chat_template_and_tokenizer_round_trip(default_engine):
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     assert prompt.endswith("<|im_start|>assistant\n")
     assert tokenizer.token_to_id("<|im_end|>") in default_engine.config.eos_token_ids
+
+
+def test_tail_scores_only_the_last_tokens(tiny_engine):
+    generator = torch.Generator().manual_seed(12)
+    prefix = torch.randint(0, 160, (6,), generator=generator).tolist()
+    continuations = [torch.randint(0, 160, (n,), generator=generator).tolist() for n in (2, 9, 14)]
+    full = tiny_engine.score(prefix, continuations)
+    tail = tiny_engine.score(prefix, continuations, entropy=False, tail=3)
+    for whole, part in zip(full, tail):
+        torch.testing.assert_close(part.logprobs[-3:], whole.logprobs[-3:], rtol=1e-5, atol=1e-5)
+        assert torch.isnan(part.logprobs[:-3]).all()
+        assert torch.isnan(part.entropies).all()
+
+
+def test_length_buckets_bound_padding_and_cover_every_row(tiny_engine):
+    lengths = [5, 40, 6, 7, 39, 20, 21, 1, 38, 22]
+    batches = tiny_engine._length_buckets([[0] * n for n in lengths])
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        padded = longest * len(batch)
+        assert padded <= tiny_engine.max_batch_tokens or len(batch) == 1
+        assert padded - sum(lengths[i] for i in batch) <= tiny_engine.max_padding * padded
