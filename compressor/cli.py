@@ -2,6 +2,8 @@
 
 - ``focal compress``: compress chunks for a question (JSONL of chunks, plain files, or a data set
   of questions in the shared schema); the prompt goes to stdout, a summary to stderr.
+- ``focal serve``: run the gRPC service (also ``python -m compressor serve``).
+- ``focal call``: send questions from a JSONL file to a running service and print the prompts.
 - ``focal demo``: load a model, score passages against a question, generate an answer.
 """
 
@@ -128,6 +130,40 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from compressor import settings as settings_module
+    from compressor.server import serve
+
+    try:
+        settings = settings_module.resolve(args)
+    except (ValueError, OSError) as exc:
+        print(f"focal serve: {exc}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    import grpc
+
+    from compressor.client import FocalClient
+
+    _, questions = _read_chunks(args.inputs)
+    with FocalClient(args.target, token=args.token, root_ca=args.ca) as client:
+        for row in questions:
+            chunks = [(str(c.get("id", i)), _chunk_of(i, c).text) for i, c in enumerate(row["chunks"])]
+            try:
+                reply = client.compress(row["question"], chunks, rate=args.rate, method=args.method)
+            except grpc.RpcError as error:
+                print(f"focal call: {error.code().name}: {error.details()}", file=sys.stderr)
+                return 1
+            print(reply.prompt)
+            usage = reply.usage
+            print(f"tokens {usage.original_tokens} -> {usage.compressed_tokens} ({usage.ratio:.1f}x fewer), "
+                  f"{reply.timings_ms['total']:.0f} ms on the server, request {reply.request_id}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="focal", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has bf16 units), float32, bfloat16")
     compress.add_argument("--threads", type=int, default=torch.get_num_threads(), help="default: %(default)s")
     compress.set_defaults(run=_compress)
+
+    from compressor.settings import add_arguments
+
+    serve = commands.add_parser("serve", help="run the gRPC service until SIGTERM (then drain)",
+                                description="Settings come from flags, FOCAL_* environment variables and an "
+                                            "optional TOML file, in that order of precedence.")
+    add_arguments(serve)
+    serve.set_defaults(run=_serve)
+
+    call = commands.add_parser("call", help="send JSONL questions ({question, chunks}) to a running service")
+    call.add_argument("inputs", nargs="+")
+    call.add_argument("--target", default="127.0.0.1:50051")
+    call.add_argument("--rate", type=float, default=0.25)
+    call.add_argument("--method", choices=METHODS, default="token")
+    call.add_argument("--token", default=None, help="bearer token, when the service requires one")
+    call.add_argument("--ca", default=None, help="PEM CA bundle: connect with TLS")
+    call.set_defaults(run=_call)
     return parser
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from compressor import budget
 from compressor.select import Unit, choose, render, token_importance, units_of
@@ -47,6 +48,21 @@ def _edges(order: list[int]) -> list[int]:
     return front + back[::-1]
 
 
+@dataclass
+class _Job:
+    """One request between its stages."""
+
+    request: CompressRequest
+    texts: list[str]
+    tokens: list[ChunkTokens]
+    original: int
+    target: int
+    duplicate_of: dict[int, int]
+    unique: list[int]
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 class Compressor:
     def __init__(self, engine: Engine, tuning: Tuning | None = None) -> None:
         self.engine = engine
@@ -57,34 +73,55 @@ class Compressor:
         return len(self.engine.encode(text)) if text else 0
 
     def compress(self, request: CompressRequest) -> CompressResult:
-        request.validate()
+        return self.compress_many([request])[0]
+
+    def compress_many(self, requests: list[CompressRequest],
+                      alive: Callable[[CompressRequest], bool] = lambda _: True) -> list[CompressResult | None]:
+        """Compress several requests; their coarse passes share batched forward passes (grouped by
+        instruction, the shared prefix). Each result's timings are its own stages, except ``rank``,
+        which is the shared pass. A request for which ``alive`` turns false is dropped at the next
+        stage boundary and gets None."""
+        for request in requests:
+            request.validate()
+        jobs = [self._prepare(request) for request in requests]
+        by_instruction: dict[str, list[_Job]] = {}
+        for job in jobs:
+            if alive(job.request):
+                by_instruction.setdefault(job.request.options.instruction, []).append(job)
+        for instruction, group in by_instruction.items():
+            started = time.perf_counter()
+            self.scorer.coarse([([job.tokens[i] for i in job.unique], job.request.query) for job in group],
+                               instruction, plain=self.tuning.contrast != 0)
+            for job in group:
+                job.timings["rank"] = time.perf_counter() - started
+        return [self._finish(job) if alive(job.request) else None for job in jobs]
+
+    def _prepare(self, request: CompressRequest) -> _Job:
         clock = time.perf_counter()
-        timings: dict[str, float] = {}
-        options = request.options
         texts = [c.text for c in request.chunks]
         tokens = self.scorer.tokenize(texts)
-        sizes = [len(t.ids) for t in tokens]
-        original = self.count(options.separator.join(t.strip() for t in texts if t.strip()))
+        original = self.count(request.options.separator.join(t.strip() for t in texts if t.strip()))
         target = original if request.rate is None and request.target_tokens is None else (
             int(request.rate * original) if request.rate is not None else min(request.target_tokens, original))
         duplicate_of = self._duplicates(request)
         unique = [i for i in range(len(texts)) if i not in duplicate_of]
-        timings["tokenize"] = time.perf_counter() - clock
+        job = _Job(request, texts, tokens, original, target, duplicate_of, unique, clock)
+        job.timings["tokenize"] = time.perf_counter() - clock
+        return job
 
+    def _finish(self, job: _Job) -> CompressResult:
+        request, texts, tokens, target = job.request, job.texts, job.tokens, job.target
+        options = request.options
+        sizes = [len(t.ids) for t in tokens]
+        order = self._rank(request, tokens, job.unique)
         started = time.perf_counter()
-        self.scorer.coarse([tokens[i] for i in unique], request.query, options.instruction,
-                           plain=self.tuning.contrast != 0)
-        order = self._rank(request, tokens, unique)
-        timings["rank"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        if request.method == "chunk" or target >= original:
+        if request.method == "chunk" or target >= job.original:
             allotment = budget.whole_chunks(order, sizes, target)
         else:
             allotment = budget.allocate(order, sizes, target, self.tuning.density, self.tuning.steepness)
         partial = [i for i, n in allotment.items() if n < sizes[i]]
         self.scorer.fine([tokens[i] for i in partial], request.query, options.instruction)
-        timings["fine"] = time.perf_counter() - started
+        job.timings["fine"] = time.perf_counter() - started
 
         started = time.perf_counter()
         units: dict[int, list[Unit]] = {}
@@ -100,11 +137,11 @@ class Compressor:
         context_order = self._order(options.reorder, order, [i for i in order if i in allotment and chosen[i]])
         rank_of = {index: rank for rank, index in enumerate(order)}
         context = self._fit(context_order, rank_of, chosen, units, kept, texts, target, options.separator)
-        timings["select"] = time.perf_counter() - started
+        job.timings["select"] = time.perf_counter() - started
 
         results = []
         for index, chunk in enumerate(request.chunks):
-            dup = duplicate_of.get(index)
+            dup = job.duplicate_of.get(index)
             kept_text = chosen.get(index, "") if index in context_order else ""
             results.append(ChunkResult(
                 id=chunk.id, kept_text=kept_text, original_tokens=sizes[index], kept_tokens=self.count(kept_text),
@@ -112,10 +149,10 @@ class Compressor:
                 rank=rank_of.get(dup if dup is not None else index, len(order)),
                 duplicate_of=request.chunks[dup].id if dup is not None else None))
         prompt = self._prompt(context, request)
-        timings["total"] = time.perf_counter() - clock
-        return CompressResult(prompt=prompt, chunks=results, original_tokens=original,
+        job.timings["total"] = time.perf_counter() - job.started
+        return CompressResult(prompt=prompt, chunks=results, original_tokens=job.original,
                               compressed_tokens=self.count(context), prompt_tokens=self.count(prompt),
-                              target_tokens=target, method=request.method, timings=timings)
+                              target_tokens=target, method=request.method, timings=job.timings)
 
     @staticmethod
     def _duplicates(request: CompressRequest) -> dict[int, int]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from compressor.types import CompressionInputError
 from engine import Engine
 
 QUESTION_SUFFIX = "\n\nQuestion: {query}"
@@ -54,29 +55,37 @@ class SignalScorer:
     def _room(self, prefix: list[int], suffix: list[int]) -> int:
         room = self.engine.context_length - max(len(prefix), 1) - len(suffix)
         if room < 16:
-            raise ValueError("the question and instruction leave no room for context in the model's window")
+            raise CompressionInputError(
+                "query", f"the question and instruction take {self.engine.context_length - room} of the model's "
+                         f"{self.engine.context_length} tokens and leave no room for context")
         return room
 
-    def coarse(self, chunks: list[ChunkTokens], query: str, instruction: str, plain: bool) -> None:
-        """Pass 1: relevance for every chunk, and its question-free log-probabilities if ``plain``
-        (otherwise only the question tokens go through the vocabulary projection)."""
+    def coarse(self, groups: list[tuple[list[ChunkTokens], str]], instruction: str, plain: bool) -> None:
+        """Pass 1 over (chunks, query) groups sharing one instruction, in one batched call: relevance
+        for every chunk, and its question-free log-probabilities if ``plain`` (otherwise only the
+        question tokens go through the vocabulary projection). Groups are the chunks of different
+        requests: batching them shares forward passes across requests."""
         prefix = self._prefix(instruction, None)
-        question = self.engine.encode(QUESTION_SUFFIX.format(query=query)) if query else []
-        room = self._room(prefix, question)
+        items = []
+        for chunks, query in groups:
+            question = self.engine.encode(QUESTION_SUFFIX.format(query=query)) if query else []
+            items += [(chunk, question) for chunk in chunks]
+        longest_question = max((len(q) for _, q in items), default=0)
+        room = self._room(prefix, [0] * longest_question)
         rows, owners = [], []
-        for index, chunk in enumerate(chunks):
+        for index, (chunk, question) in enumerate(items):
             for start, end in _windows(chunk.ids, room):
                 rows.append(chunk.ids[start:end] + question)
                 owners.append((index, end - start))
-        tail = None if plain or not question else len(question)
+        tail = None if plain or not longest_question else longest_question
         scores = self.engine.score(prefix, rows, entropy=False, tail=tail)
-        logp_plain: list[list[torch.Tensor]] = [[] for _ in chunks]
-        best = [float("-inf")] * len(chunks)
+        logp_plain: list[list[torch.Tensor]] = [[] for _ in items]
+        best = [float("-inf")] * len(items)
         for (index, length), scored in zip(owners, scores):
             logp_plain[index].append(scored.logprobs[:length])
-            if question:
+            if items[index][1]:
                 best[index] = max(best[index], scored.logprobs[length:].mean().item())
-        for index, chunk in enumerate(chunks):
+        for index, (chunk, question) in enumerate(items):
             chunk.logp_plain = torch.cat(logp_plain[index]) if logp_plain[index] else torch.empty(0)
             chunk.relevance = best[index] if question else 0.0
 
@@ -93,7 +102,10 @@ class SignalScorer:
             for chunk in chunks:
                 chunk.logp_question = chunk.logp_plain
             return
-        prefix = self._prefix(instruction, query)
+        self._conditioned(chunks, self._prefix(instruction, query), "logp_question")
+
+    def _conditioned(self, chunks: list[ChunkTokens], prefix: list[int], attribute: str) -> None:
+        """Every token's log-probability after ``prefix`` (shared, computed once), set as ``attribute``."""
         room = self._room(prefix, [])
         rows, owners = [], []
         for index, chunk in enumerate(chunks):
@@ -105,4 +117,4 @@ class SignalScorer:
         for index, scored in zip(owners, scores):
             parts[index].append(scored.logprobs)
         for index, chunk in enumerate(chunks):
-            chunk.logp_question = torch.cat(parts[index]) if parts[index] else torch.empty(0)
+            setattr(chunk, attribute, torch.cat(parts[index]) if parts[index] else torch.empty(0))

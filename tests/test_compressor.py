@@ -177,3 +177,29 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     bad.write_text('{"text": "fine"}\n{not json}\n')
     assert main(["compress", str(bad), "--query", "q"]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_many_requests_share_passes_and_match_one_by_one(compressor, sample):
+    requests = [request_of(sample, rate=0.25), request_of(sample, rate=0.5, method="sentence"),
+                CompressRequest("Who is on call?", [Chunk("x", sample["chunks"][4]["text"]),
+                                                    Chunk("y", sample["chunks"][6]["text"])], rate=0.5)]
+    together = compressor.compress_many(requests)
+    alone = [compressor.compress(r) for r in requests]
+    for a, b in zip(together, alone):
+        assert a.prompt == b.prompt
+        assert [c.rank for c in a.chunks] == [c.rank for c in b.chunks]
+
+
+def test_empty_query_token_method_uses_plain_surprisal(compressor, sample):
+    chunks = [Chunk(str(i), c["text"]) for i, c in enumerate(sample["chunks"])]
+    result = compressor.compress(CompressRequest("", chunks, rate=0.3, method="token"))
+    assert 0 < result.compressed_tokens <= result.target_tokens
+
+
+def test_contrastive_score_is_available(sample):
+    from compressor.compressor import Tuning
+
+    contrastive = Compressor(Engine.load(dtype=preferred_dtype()), Tuning(contrast=1.0))
+    result = contrastive.compress(request_of(sample, rate=0.3, method="token"))
+    assert 0 < result.compressed_tokens <= result.target_tokens
+    assert "15 minutes" in result.prompt

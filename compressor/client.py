@@ -1,0 +1,67 @@
+"""A small Python client for the Focal gRPC service.
+
+    from compressor.client import FocalClient
+    with FocalClient("localhost:50051") as client:
+        reply = client.compress("Which river flows through Paris?",
+                                [("a", "The Seine flows through Paris."), ("b", "The Danube ...")], rate=0.5)
+        print(reply.prompt, reply.usage.compressed_tokens)
+
+Errors arrive as ``grpc.RpcError`` with the server's status code and sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import grpc
+
+from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
+from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
+
+METHODS = {"token": pb.METHOD_TOKEN, "sentence": pb.METHOD_SENTENCE, "chunk": pb.METHOD_CHUNK}
+REORDERS = {"original": pb.REORDER_ORIGINAL, "relevance": pb.REORDER_RELEVANCE, "edges": pb.REORDER_EDGES}
+
+
+class FocalClient:
+    def __init__(self, target: str, token: str | None = None, root_ca: str | Path | None = None,
+                 client_cert: str | Path | None = None, client_key: str | Path | None = None,
+                 timeout: float | None = 60.0, max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if root_ca is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(root_ca).read_bytes(),
+                private_key=Path(client_key).read_bytes() if client_key else None,
+                certificate_chain=Path(client_cert).read_bytes() if client_cert else None)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.CompressorStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def compress(self, query: str, chunks: Iterable[tuple[str, str] | pb.Chunk], rate: float | None = None,
+                 target_tokens: int | None = None, method: str = "token", reorder: str = "original",
+                 instruction: str = "", force_tokens: Iterable[str] = (), timeout: float | None = None,
+                 ) -> pb.CompressResponse:
+        message = pb.CompressRequest(
+            query=query,
+            chunks=[c if isinstance(c, pb.Chunk) else pb.Chunk(id=c[0], text=c[1]) for c in chunks],
+            method=METHODS[method],
+            options=pb.Options(reorder=REORDERS[reorder], instruction=instruction, force_tokens=list(force_tokens)),
+        )
+        if rate is not None:
+            message.rate = rate
+        if target_tokens is not None:
+            message.target_tokens = target_tokens
+        return self.stub.Compress(message, timeout=timeout or self.timeout, metadata=self.metadata)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> FocalClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

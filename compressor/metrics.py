@@ -1,0 +1,38 @@
+"""Prometheus metrics of one server (own registry, so several servers can live in one process).
+
+Nothing here carries request content: only counts, sizes, durations and status codes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram("focal_request_seconds", "Compress latency, admission to reply", ["method"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("focal_requests", "Compress calls by gRPC status code", ["code"], registry=r)
+        self.tokens_in = Counter("focal_tokens_in", "Context tokens received", registry=r)
+        self.tokens_out = Counter("focal_tokens_out", "Context tokens returned", registry=r)
+        self.ratio = Histogram("focal_compression_ratio", "Original over compressed context tokens",
+                               buckets=(1, 1.5, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
+        self.queue_depth = Gauge("focal_queue_depth", "Requests admitted and not yet finished", registry=r)
+        self.batch_size = Histogram("focal_batch_size", "Requests per engine batch",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
+        self.expert_load = Gauge("focal_expert_tokens", "Tokens routed to each expert (MoE models)",
+                                 ["layer", "expert"], registry=r)
+
+    def serve(self, host: str, port: int):
+        """Start the /metrics HTTP endpoint; returns the server (``shutdown()`` stops it)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server
+
+    def record_routing(self, counts: dict[int, list[int]]) -> None:
+        for layer, per_expert in counts.items():
+            for expert, tokens in enumerate(per_expert):
+                self.expert_load.labels(str(layer), str(expert)).set(tokens)

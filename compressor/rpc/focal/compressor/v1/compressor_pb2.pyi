@@ -1,0 +1,134 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METHOD_UNSPECIFIED: _ClassVar[Method]
+    METHOD_TOKEN: _ClassVar[Method]
+    METHOD_SENTENCE: _ClassVar[Method]
+    METHOD_CHUNK: _ClassVar[Method]
+
+class Reorder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REORDER_UNSPECIFIED: _ClassVar[Reorder]
+    REORDER_ORIGINAL: _ClassVar[Reorder]
+    REORDER_RELEVANCE: _ClassVar[Reorder]
+    REORDER_EDGES: _ClassVar[Reorder]
+METHOD_UNSPECIFIED: Method
+METHOD_TOKEN: Method
+METHOD_SENTENCE: Method
+METHOD_CHUNK: Method
+REORDER_UNSPECIFIED: Reorder
+REORDER_ORIGINAL: Reorder
+REORDER_RELEVANCE: Reorder
+REORDER_EDGES: Reorder
+
+class Chunk(_message.Message):
+    __slots__ = ("id", "text", "score", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    score: float
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Options(_message.Message):
+    __slots__ = ("force_tokens", "reorder", "instruction", "separator", "include_question")
+    FORCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REORDER_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    SEPARATOR_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_QUESTION_FIELD_NUMBER: _ClassVar[int]
+    force_tokens: _containers.RepeatedScalarFieldContainer[str]
+    reorder: Reorder
+    instruction: str
+    separator: str
+    include_question: bool
+    def __init__(self, force_tokens: _Optional[_Iterable[str]] = ..., reorder: _Optional[_Union[Reorder, str]] = ..., instruction: _Optional[str] = ..., separator: _Optional[str] = ..., include_question: _Optional[bool] = ...) -> None: ...
+
+class CompressRequest(_message.Message):
+    __slots__ = ("query", "chunks", "rate", "target_tokens", "method", "options")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
+    rate: float
+    target_tokens: int
+    method: Method
+    options: Options
+    def __init__(self, query: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ...) -> None: ...
+
+class ChunkResult(_message.Message):
+    __slots__ = ("id", "kept_text", "original_tokens", "kept_tokens", "relevance", "rank", "duplicate_of")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KEPT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RELEVANCE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kept_text: str
+    original_tokens: int
+    kept_tokens: int
+    relevance: float
+    rank: int
+    duplicate_of: str
+    def __init__(self, id: _Optional[str] = ..., kept_text: _Optional[str] = ..., original_tokens: _Optional[int] = ..., kept_tokens: _Optional[int] = ..., relevance: _Optional[float] = ..., rank: _Optional[int] = ..., duplicate_of: _Optional[str] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("original_tokens", "compressed_tokens", "prompt_tokens", "target_tokens", "ratio")
+    ORIGINAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    original_tokens: int
+    compressed_tokens: int
+    prompt_tokens: int
+    target_tokens: int
+    ratio: float
+    def __init__(self, original_tokens: _Optional[int] = ..., compressed_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., target_tokens: _Optional[int] = ..., ratio: _Optional[float] = ...) -> None: ...
+
+class CompressResponse(_message.Message):
+    __slots__ = ("prompt", "chunks", "usage", "timings_ms", "request_id", "model")
+    class TimingsMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkResult]
+    usage: Usage
+    timings_ms: _containers.ScalarMap[str, float]
+    request_id: str
+    model: str
+    def __init__(self, prompt: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...

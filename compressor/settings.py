@@ -1,0 +1,106 @@
+"""Server settings: defaults < a TOML file (``--config``) < environment (``FOCAL_<NAME>``) < flags.
+
+Every setting is declared once in ``SETTINGS``; ``--help`` lists each with its default and its
+environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9090  # 0 turns the metrics endpoint off
+    model: str = ""  # GGUF file or HF directory; empty = the embedded default model
+    dtype: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    max_batch: int = 8  # requests whose coarse passes share forward passes
+    queue_depth: int = 16  # requests admitted beyond the one running; more are refused at once
+    max_chunks: int = 256
+    max_chunk_chars: int = 100_000
+    max_query_chars: int = 4_000
+    max_request_tokens: int = 65_536  # tokens of all chunks of one request
+    max_message_bytes: int = 16 * 1024 * 1024
+    tls_cert: str = ""  # PEM certificate chain; with tls_key turns TLS on
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA bundle; set = mutual TLS (clients must present a certificate)
+    auth_token: str = ""  # bearer token required on every Compress call; empty = no auth
+    auth_token_file: str = ""  # read the token from this file instead (a mounted secret)
+    drain_seconds: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
+    log_level: str = "INFO"
+
+    def token(self) -> str:
+        if self.auth_token_file:
+            return Path(self.auth_token_file).read_text().strip()
+        return self.auth_token
+
+
+HELP = {
+    "host": "address to serve gRPC on (0.0.0.0 in a container)",
+    "port": "gRPC port",
+    "metrics_host": "address of the Prometheus endpoint",
+    "metrics_port": "Prometheus /metrics port (0 = off)",
+    "model": "model: GGUF file or HF directory (empty = embedded SmolLM2-135M-Instruct)",
+    "dtype": "auto (bf16 where the hardware has bf16 units), float32 or bfloat16",
+    "threads": "torch CPU threads (0 = torch's default)",
+    "max_batch": "requests whose engine passes are batched together",
+    "queue_depth": "requests waiting beyond the running batch; more get RESOURCE_EXHAUSTED",
+    "max_chunks": "chunks per request",
+    "max_chunk_chars": "characters per chunk",
+    "max_query_chars": "characters of the query, and of the instruction",
+    "max_request_tokens": "tokens of all chunks of one request",
+    "max_message_bytes": "largest request or response message",
+    "tls_cert": "PEM certificate chain (TLS on when set with --tls-key)",
+    "tls_key": "PEM private key",
+    "tls_client_ca": "PEM CA bundle for client certificates (mutual TLS)",
+    "auth_token": "bearer token clients must send (empty = no auth)",
+    "auth_token_file": "file holding the bearer token (overrides --auth-token)",
+    "drain_seconds": "grace period for in-flight requests on SIGTERM",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def _env_name(name: str) -> str:
+    return f"FOCAL_{name.upper()}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file of settings (same names as the flags, with underscores)")
+    for field in fields(Settings):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
+                            type=type(field.default),
+                            help=f"{HELP[field.name]} (env {_env_name(field.name)}; default: {field.default!r})")
+
+
+def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Merge defaults, the config file, the environment and the flags."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    if getattr(args, "config", None):
+        with open(args.config, "rb") as handle:
+            loaded = tomllib.load(handle)
+        known = {f.name for f in fields(Settings)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise ValueError(f"{args.config}: unknown settings {', '.join(unknown)}")
+        values.update(loaded)
+    for field in fields(Settings):
+        kind = type(field.default)
+        if _env_name(field.name) in environ:
+            raw = environ[_env_name(field.name)]
+            try:
+                values[field.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{_env_name(field.name)}={raw!r} is not a valid {kind.__name__}") from exc
+        flag = getattr(args, field.name, None)
+        if flag is not None:
+            values[field.name] = flag
+    return Settings(**values)

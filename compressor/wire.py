@@ -1,0 +1,67 @@
+"""Conversion between the gRPC messages and the compressor's types, with the request limits."""
+
+from __future__ import annotations
+
+from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
+from compressor.settings import Settings
+from compressor.types import Chunk, CompressionInputError, CompressOptions, CompressRequest, CompressResult
+
+_METHODS = {pb.METHOD_UNSPECIFIED: "token", pb.METHOD_TOKEN: "token", pb.METHOD_SENTENCE: "sentence",
+            pb.METHOD_CHUNK: "chunk"}
+_REORDERS = {pb.REORDER_UNSPECIFIED: "original", pb.REORDER_ORIGINAL: "original",
+             pb.REORDER_RELEVANCE: "relevance", pb.REORDER_EDGES: "edges"}
+
+
+def to_request(message: pb.CompressRequest, limits: Settings) -> CompressRequest:
+    """A validated ``CompressRequest``; ``CompressionInputError`` names the field and the limit."""
+    if len(message.query) > limits.max_query_chars:
+        raise CompressionInputError("query", f"{len(message.query)} characters exceed the limit of "
+                                             f"{limits.max_query_chars}")
+    if len(message.options.instruction) > limits.max_query_chars:
+        raise CompressionInputError("options.instruction", f"{len(message.options.instruction)} characters exceed "
+                                                           f"the limit of {limits.max_query_chars}")
+    if len(message.chunks) > limits.max_chunks:
+        raise CompressionInputError("chunks", f"{len(message.chunks)} chunks exceed the limit of {limits.max_chunks}")
+    for index, chunk in enumerate(message.chunks):
+        if len(chunk.text) > limits.max_chunk_chars:
+            raise CompressionInputError(f"chunks[{index}].text", f"{len(chunk.text)} characters exceed the limit of "
+                                                                 f"{limits.max_chunk_chars}")
+    if message.method not in _METHODS:
+        raise CompressionInputError("method", f"unknown method {message.method}")
+    if message.options.reorder not in _REORDERS:
+        raise CompressionInputError("options.reorder", f"unknown order {message.options.reorder}")
+    budget = message.WhichOneof("budget")
+    options = message.options
+    request = CompressRequest(
+        query=message.query,
+        chunks=[Chunk(c.id or str(i), c.text, c.score if c.HasField("score") else None, dict(c.metadata))
+                for i, c in enumerate(message.chunks)],
+        rate=message.rate if budget == "rate" else None,
+        target_tokens=message.target_tokens if budget == "target_tokens" else None,
+        method=_METHODS[message.method],
+        options=CompressOptions(
+            force_tokens=list(options.force_tokens),
+            reorder=_REORDERS[options.reorder],
+            instruction=options.instruction,
+            separator=options.separator if options.HasField("separator") else "\n\n",
+            include_question=options.include_question if options.HasField("include_question") else True,
+        ),
+    )
+    request.validate()
+    return request
+
+
+def to_response(result: CompressResult, request_id: str, model: str, queue_seconds: float) -> pb.CompressResponse:
+    timings = {f"{name}": seconds * 1000 for name, seconds in result.timings.items()}
+    timings["queue"] = queue_seconds * 1000
+    return pb.CompressResponse(
+        prompt=result.prompt,
+        chunks=[pb.ChunkResult(id=c.id, kept_text=c.kept_text, original_tokens=c.original_tokens,
+                               kept_tokens=c.kept_tokens, relevance=c.relevance, rank=c.rank,
+                               duplicate_of=c.duplicate_of or "") for c in result.chunks],
+        usage=pb.Usage(original_tokens=result.original_tokens, compressed_tokens=result.compressed_tokens,
+                       prompt_tokens=result.prompt_tokens, target_tokens=result.target_tokens, ratio=result.ratio),
+        timings_ms=timings,
+        request_id=request_id,
+        model=model,
+    )

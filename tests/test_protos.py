@@ -1,0 +1,23 @@
+"""The committed gRPC code in compressor/rpc is what protos/ generates (run scripts/gen_protos.py after editing)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generated_code_is_current(tmp_path):
+    spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fresh = tmp_path / "rpc"
+    module.generate(fresh)
+    committed = ROOT / "compressor" / "rpc"
+    names = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(committed) for p in committed.rglob("*")
+                           if p.is_file() and "__pycache__" not in p.parts)
+    for name in names:
+        assert (fresh / name).read_text() == (committed / name).read_text(), \
+            f"compressor/rpc/{name} is stale: run `python scripts/gen_protos.py`"

@@ -1,0 +1,328 @@
+"""The gRPC service against a real server on loopback: contract, errors, load, cancellation, drain,
+TLS and auth, metrics, logs, and random malformed input."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compressor.client import FocalClient
+from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
+from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
+from compressor.server import FocalServer, log
+from compressor.settings import Settings
+from engine import Engine
+from engine.device import preferred_dtype
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = json.loads((ROOT / "examples" / "sample_request.jsonl").read_text())
+CHUNKS = [(c["title"], f"{c['title']}\n{c['text']}") for c in SAMPLE["chunks"]]
+PARAGRAPH = ("Release trains leave every Tuesday. Each train carries the merged changes of the week, "
+             "and its manifest lists owners, risks and rollback steps for every service touched. ")
+
+
+def slow_chunks(count: int = 120) -> list[tuple[str, str]]:
+    """Enough text that one request keeps the engine busy for a few seconds."""
+    return [(f"s{i}", f"Note {i}. " + PARAGRAPH * 3) for i in range(count)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(dtype=preferred_dtype())
+
+
+class Running:
+    def __init__(self, engine: Engine, **overrides) -> None:
+        self.settings = Settings(port=0, metrics_port=free_port(), drain_seconds=10, **overrides)
+        self.server = FocalServer(self.settings, engine=engine).start()
+        self.target = f"127.0.0.1:{self.server.port}"
+
+    def client(self, **kwargs) -> FocalClient:
+        return FocalClient(self.target, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    running = Running(engine, queue_depth=40)
+    yield running
+    running.server.drain()
+
+
+def test_happy_path(server):
+    with server.client() as client:
+        reply = client.compress(SAMPLE["question"], CHUNKS, rate=0.3, reorder="relevance")
+    assert "15 minutes" in reply.prompt
+    assert 0 < reply.usage.compressed_tokens <= reply.usage.target_tokens < reply.usage.original_tokens
+    assert [c.id for c in reply.chunks] == [c[0] for c in CHUNKS]
+    assert min(reply.chunks, key=lambda c: c.rank).id == "Canary analysis"
+    assert len(reply.request_id) == 16 and reply.model
+    assert {"queue", "rank", "total"} <= set(reply.timings_ms)
+
+
+def test_health_and_reflection(server):
+    channel = grpc.insecure_channel(server.target)
+    status = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="focal.compressor.v1.Compressor"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"focal.compressor.v1.Compressor", "grpc.health.v1.Health"} <= names
+    channel.close()
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda m: setattr(m, "rate", 1.5), "rate"),
+    (lambda m: setattr(m, "target_tokens", 0), "target_tokens"),
+    (lambda m: setattr(m, "method", 42), "method"),
+    (lambda m: m.chunks.append(pb.Chunk(id="Release process", text="again")), "duplicate chunk id"),
+    (lambda m: m.chunks.append(pb.Chunk(id="big", text="x" * 100_001)), "100000"),
+    (lambda m: setattr(m, "query", "q" * 4001), "4000"),
+])
+def test_invalid_argument_names_the_field(server, mutate, needle):
+    message = pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in CHUNKS])
+    mutate(message)
+    stub = pb_grpc.CompressorStub(grpc.insecure_channel(server.target))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Compress(message, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in caught.value.details()
+
+
+def test_limits_are_configuration(engine):
+    running = Running(engine, max_chunks=3, max_request_tokens=50, max_message_bytes=20_000)
+    try:
+        with running.client() as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.compress("q", CHUNKS, rate=0.5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "8 chunks exceed the limit of 3" in caught.value.details()
+            with pytest.raises(grpc.RpcError) as caught:
+                client.compress("q", CHUNKS[:3], rate=0.5)
+            assert "exceed the limit of 50 per request" in caught.value.details()
+            with pytest.raises(grpc.RpcError) as caught:
+                client.compress("q", [("big", "word " * 5_000)], rate=0.5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "bytes exceed the limit of 20000" in caught.value.details()
+    finally:
+        running.server.drain()
+
+
+def test_32_concurrent_clients_all_answered(server):
+    def call(index: int) -> pb.CompressResponse:
+        with server.client() as client:
+            return client.compress(f"{SAMPLE['question']} ({index})", CHUNKS, rate=0.25, timeout=300)
+
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(call, range(32)))
+    assert len(replies) == 32 and all(r.usage.compressed_tokens > 0 for r in replies)
+    assert len({r.request_id for r in replies}) == 32
+
+
+def test_queue_full_is_refused_at_once(engine):
+    running = Running(engine, max_batch=1, queue_depth=0)
+    try:
+        with running.client() as client:
+            busy = client.stub.Compress.future(
+                pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks()], rate=0.5),
+                timeout=120)
+            time.sleep(0.3)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:
+                client.compress(SAMPLE["question"], CHUNKS, rate=0.5)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "admission slots" in caught.value.details()
+            assert time.monotonic() - started < 1.0
+            assert busy.result().usage.compressed_tokens > 0
+    finally:
+        running.server.drain()
+
+
+def test_cancellation_and_deadline_free_capacity(engine):
+    running = Running(engine, max_batch=1, queue_depth=1)
+    try:
+        with running.client() as client:
+            slow = pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks()], rate=0.5)
+            first = client.stub.Compress.future(slow, timeout=120)
+            time.sleep(0.3)
+            queued = client.stub.Compress.future(slow, timeout=120)
+            time.sleep(0.2)
+            queued.cancel()
+            time.sleep(0.2)
+            follow_up = client.stub.Compress.future(slow, timeout=0.5)  # admitted, then its deadline passes
+            with pytest.raises(grpc.RpcError) as caught:
+                follow_up.result()
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(0.2)
+            assert running.server.scheduler.admitted == 1  # only the running request holds a slot
+            assert first.result().usage.compressed_tokens > 0
+            assert client.compress(SAMPLE["question"], CHUNKS, rate=0.5).usage.compressed_tokens > 0
+    finally:
+        running.server.drain()
+
+
+def test_bearer_token(engine):
+    running = Running(engine, auth_token="s3cret-token")
+    try:
+        for token in (None, "wrong"):
+            with running.client(token=token) as client, pytest.raises(grpc.RpcError) as caught:
+                client.compress("q", CHUNKS[:2], rate=0.5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with running.client(token="s3cret-token") as client:
+            assert client.compress("q", CHUNKS[:2], rate=0.5).prompt
+        channel = grpc.insecure_channel(running.target)  # probes need no token
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+    finally:
+        running.server.drain()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pki")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=focal-test-ca")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        (folder / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+    return folder
+
+
+def test_tls_and_mutual_tls(engine, certificates):
+    pki = certificates
+    tls = Running(engine, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"))
+    try:
+        with FocalClient(f"localhost:{tls.server.port}", root_ca=pki / "ca.pem") as client:
+            assert client.compress("q", CHUNKS[:2], rate=0.5).prompt
+        with tls.client(timeout=3) as plain, pytest.raises(grpc.RpcError):
+            plain.compress("q", CHUNKS[:2], rate=0.5)
+    finally:
+        tls.server.drain()
+    mtls = Running(engine, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
+                   tls_client_ca=str(pki / "ca.pem"))
+    try:
+        with FocalClient(f"localhost:{mtls.server.port}", root_ca=pki / "ca.pem", client_cert=pki / "client.pem",
+                         client_key=pki / "client.key") as client:
+            assert client.compress("q", CHUNKS[:2], rate=0.5).prompt
+        with FocalClient(f"localhost:{mtls.server.port}", root_ca=pki / "ca.pem", timeout=3) as anonymous, \
+                pytest.raises(grpc.RpcError) as caught:
+            anonymous.compress("q", CHUNKS[:2], rate=0.5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        mtls.server.drain()
+
+
+def test_metrics_and_logs_carry_no_content(server):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    marker = "zebra-quartz-7781"
+    try:
+        with server.client() as client:
+            client.compress(f"Where is {marker}?", [("m", f"The {marker} lives in rack 9."), *CHUNKS[:2]], rate=0.5)
+    finally:
+        log.removeHandler(handler)
+    logged = stream.getvalue()
+    assert "compress" in logged and marker not in logged
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.settings.metrics_port}/metrics", timeout=5).read()
+    text = scraped.decode()
+    for name in ("focal_request_seconds_bucket", 'focal_requests_total{code="OK"}', "focal_tokens_in_total",
+                 "focal_compression_ratio_bucket", "focal_queue_depth", "focal_batch_size_bucket"):
+        assert name in text
+    assert marker not in text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_random_bytes_never_internal(server, payload):
+    channel = grpc.insecure_channel(server.target)
+    call = channel.unary_unary("/focal.compressor.v1.Compressor/Compress",
+                               request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+    try:
+        call(payload, timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() != grpc.StatusCode.INTERNAL, error.details()
+    finally:
+        channel.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.text(max_size=60), texts=st.lists(st.text(max_size=80), max_size=6),
+       rate=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
+       method=st.integers(0, 5), reorder=st.integers(0, 5))
+def test_random_requests_never_internal(server, query, texts, rate, method, reorder):
+    message = pb.CompressRequest(query=query, chunks=[pb.Chunk(id=str(i % 4), text=t) for i, t in enumerate(texts)],
+                                 method=method, options=pb.Options(reorder=reorder))
+    if rate is not None:
+        message.rate = rate
+    try:
+        reply = pb_grpc.CompressorStub(grpc.insecure_channel(server.target)).Compress(message, timeout=60)
+        assert reply.usage.compressed_tokens <= reply.usage.target_tokens
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+
+
+def test_server_alive_after_the_storm(server):
+    with server.client() as client:
+        assert client.compress(SAMPLE["question"], CHUNKS, rate=0.5).prompt
+
+
+def test_sigterm_drains(tmp_path):
+    port, metrics = free_port(), free_port()
+    env = {**os.environ, "FOCAL_PORT": str(port), "FOCAL_METRICS_PORT": str(metrics), "FOCAL_DRAIN_SECONDS": "30"}
+    process = subprocess.Popen([sys.executable, "-m", "compressor", "serve", "--host", "127.0.0.1"], cwd=ROOT,
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=60)
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+        client = FocalClient(f"127.0.0.1:{port}")
+        in_flight = client.stub.Compress.future(
+            pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks(60)], rate=0.5),
+            timeout=120)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.compress("q", CHUNKS[:2], rate=0.5, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert in_flight.result().usage.compressed_tokens > 0  # nothing acknowledged is lost
+        assert process.wait(timeout=60) == 0
+        lines = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+        assert [e["event"] for e in lines if e["event"] in ("serving", "draining", "stopped")] == \
+            ["serving", "draining", "stopped"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
