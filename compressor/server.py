@@ -187,8 +187,9 @@ class FocalServer:
         engine = engine or Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype))
         self.metrics = Metrics()
         compressor = Compressor(engine)
-        self.scheduler = Scheduler(compressor, settings.max_batch, settings.queue_depth,
-                                   on_batch=self.metrics.batch_size.observe)
+        # Tokens per expert per sparse layer (MoE models), published with each batch.
+        self.routing = engine.model.track_routing() if engine.config.num_sparse_layers else None
+        self.scheduler = Scheduler(compressor, settings.max_batch, settings.queue_depth, on_batch=self._on_batch)
         model_name = Path(settings.model).name if settings.model else "SmolLM2-135M-Instruct (default)"
         self.service = CompressorService(compressor, self.scheduler, settings, self.metrics, model_name)
         interceptors = [BearerAuth(settings.token())] if settings.token() else []
@@ -220,6 +221,11 @@ class FocalServer:
             self.port = self.server.add_insecure_port(address)
         self.metrics_server = (self.metrics.serve(settings.metrics_host, settings.metrics_port)
                                if settings.metrics_port else None)
+
+    def _on_batch(self, size: int) -> None:
+        self.metrics.batch_size.observe(size)
+        if self.routing is not None:  # counts as of the batches finished so far
+            self.metrics.record_routing({layer: hits.tolist() for layer, hits in self.routing.counts.items()})
 
     def start(self) -> FocalServer:
         self.server.start()

@@ -59,3 +59,24 @@ def test_reserve_avoids_regrowth(model):
         model(torch.randint(0, 100, (1, 600)), cache)
         model(torch.randint(0, 100, (1, 300)), cache)
     assert cache.keys[3].data_ptr() == before
+
+
+def test_routing_statistics_count_every_routed_token(model):
+    from compressor.metrics import Metrics
+
+    stats = model.track_routing()
+    try:
+        with torch.no_grad():
+            model(torch.randint(0, 100, (2, 11)), model.new_cache(2))
+        sparse = [i for i, kind in enumerate(TINY_MELLUM["mlp_layer_types"]) if kind == "sparse"]
+        assert sorted(stats.counts) == sparse
+        for hits in stats.counts.values():
+            assert hits.shape == (TINY_MELLUM["num_experts"],)
+            assert int(hits.sum()) == 2 * 11 * TINY_MELLUM["num_experts_per_tok"]
+        metrics = Metrics()
+        metrics.record_routing({layer: hits.tolist() for layer, hits in stats.counts.items()})
+        total = sum(metrics.registry.get_sample_value("focal_expert_tokens", {"layer": str(layer), "expert": str(e)})
+                    for layer in sparse for e in range(TINY_MELLUM["num_experts"]))
+        assert total == len(sparse) * 2 * 11 * TINY_MELLUM["num_experts_per_tok"]
+    finally:
+        model.track_routing(False)
