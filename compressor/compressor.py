@@ -134,7 +134,7 @@ class Compressor:
             kept[index] = choose(units[index], allotment[index])
         chosen = {i: (render(texts[i], units[i], kept[i]) if i in units else texts[i].strip())
                   for i in allotment}
-        context_order = self._order(options.reorder, order, [i for i in order if i in allotment and chosen[i]])
+        context_order = self._order(options.reorder, [i for i in order if i in allotment and chosen[i]])
         rank_of = {index: rank for rank, index in enumerate(order)}
         context = self._fit(context_order, rank_of, chosen, units, kept, texts, target, options.separator)
         job.timings["select"] = time.perf_counter() - started
@@ -175,7 +175,7 @@ class Compressor:
         return sorted(unique, key=lambda i: (-(request.chunks[i].score or 0.0), i))
 
     @staticmethod
-    def _order(reorder: str, ranked: list[int], kept_by_rank: list[int]) -> list[int]:
+    def _order(reorder: str, kept_by_rank: list[int]) -> list[int]:
         if reorder == "relevance":
             return kept_by_rank
         if reorder == "edges":

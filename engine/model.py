@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.cache import KVCache
-from engine.config import FULL, SLIDING, SPARSE, ModelConfig
+from engine.config import SLIDING, SPARSE, ModelConfig
 from engine.rope import RotaryEmbedding, apply_rotary
 
 
@@ -283,5 +283,3 @@ class CausalLM(nn.Module):
         param = self.model.embed_tokens.weight
         return KVCache(self.config, batch, param.dtype, param.device)
 
-
-__all__ = ["FULL", "SLIDING", "CausalLM"]
