@@ -4,6 +4,7 @@
   of questions in the shared schema); the prompt goes to stdout, a summary to stderr.
 - ``focal serve``: run the gRPC service (also ``python -m compressor serve``).
 - ``focal call``: send questions from a JSONL file to a running service and print the prompts.
+- ``focal index``: add documents to the retrieval index, search it, show its stats, rebuild it.
 - ``focal demo``: load a model, score passages against a question, generate an answer.
 """
 
@@ -139,8 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"focal serve: {exc}", file=sys.stderr)
         return 2
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -151,9 +151,11 @@ def _call(args: argparse.Namespace) -> int:
     _, questions = _read_chunks(args.inputs)
     with FocalClient(args.target, token=args.token, root_ca=args.ca) as client:
         for row in questions:
-            chunks = [(str(c.get("id", i)), _chunk_of(i, c).text) for i, c in enumerate(row["chunks"])]
+            chunks = [] if args.retrieve_top_k else [(str(c.get("id", i)), _chunk_of(i, c).text)
+                                                     for i, c in enumerate(row["chunks"])]
             try:
-                reply = client.compress(row["question"], chunks, rate=args.rate, method=args.method)
+                reply = client.compress(row["question"], chunks, rate=args.rate, method=args.method,
+                                        retrieve_top_k=args.retrieve_top_k, namespace=args.namespace)
             except grpc.RpcError as error:
                 print(f"focal call: {error.code().name}: {error.details()}", file=sys.stderr)
                 return 1
@@ -205,7 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--method", choices=METHODS, default="token")
     call.add_argument("--token", default=None, help="bearer token, when the service requires one")
     call.add_argument("--ca", default=None, help="PEM CA bundle: connect with TLS")
+    call.add_argument("--retrieve-top-k", type=int, default=0,
+                      help="send only the question: the server retrieves this many chunks from its index")
+    call.add_argument("--namespace", default="", help="index namespace for --retrieve-top-k")
     call.set_defaults(run=_call)
+
+    from compressor.index_cli import add_parser as add_index_parser
+
+    add_index_parser(commands)
     return parser
 
 

@@ -6,6 +6,12 @@
                                 [("a", "The Seine flows through Paris."), ("b", "The Danube ...")], rate=0.5)
         print(reply.prompt, reply.usage.compressed_tokens)
 
+With a server that has an index (``--data-dir``)::
+
+        client.upsert([("seine", "The Seine flows through Paris.", {"lang": "en"})], namespace="wiki")
+        reply = client.compress("Which river flows through Paris?", [], rate=0.5, retrieve_top_k=5,
+                                namespace="wiki")
+
 Errors arrive as ``grpc.RpcError`` with the server's status code and sentence.
 """
 
@@ -38,15 +44,17 @@ class FocalClient:
         else:
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.CompressorStub(self.channel)
+        self.index = pb_grpc.IndexStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
 
     def compress(self, query: str, chunks: Iterable[tuple[str, str] | pb.Chunk], rate: float | None = None,
                  target_tokens: int | None = None, method: str = "token", reorder: str = "original",
                  instruction: str = "", force_tokens: Iterable[str] = (), timeout: float | None = None,
+                 retrieve_top_k: int = 0, namespace: str = "", filter: dict[str, str] | None = None,
                  ) -> pb.CompressResponse:
         message = pb.CompressRequest(
-            query=query,
+            query=query, retrieve_top_k=retrieve_top_k, namespace=namespace, filter=filter or {},
             chunks=[c if isinstance(c, pb.Chunk) else pb.Chunk(id=c[0], text=c[1]) for c in chunks],
             method=METHODS[method],
             options=pb.Options(reorder=REORDERS[reorder], instruction=instruction, force_tokens=list(force_tokens)),
@@ -56,6 +64,25 @@ class FocalClient:
         if target_tokens is not None:
             message.target_tokens = target_tokens
         return self.stub.Compress(message, timeout=timeout or self.timeout, metadata=self.metadata)
+
+    def upsert(self, documents: Iterable[tuple[str, str] | tuple[str, str, dict[str, str]] | pb.Document],
+               namespace: str = "", timeout: float | None = None) -> pb.UpsertResponse:
+        docs = [d if isinstance(d, pb.Document) else pb.Document(id=d[0], text=d[1], metadata=(d[2:] or ({},))[0])
+                for d in documents]
+        return self.index.Upsert(pb.UpsertRequest(namespace=namespace, documents=docs),
+                                 timeout=timeout or self.timeout, metadata=self.metadata)
+
+    def delete(self, ids: Iterable[str], namespace: str = "", timeout: float | None = None) -> pb.DeleteResponse:
+        return self.index.Delete(pb.DeleteRequest(namespace=namespace, ids=list(ids)),
+                                 timeout=timeout or self.timeout, metadata=self.metadata)
+
+    def search(self, query: str, top_k: int = 10, namespace: str = "", filter: dict[str, str] | None = None,
+               timeout: float | None = None) -> pb.SearchResponse:
+        return self.index.Search(pb.SearchRequest(namespace=namespace, query=query, top_k=top_k, filter=filter or {}),
+                                 timeout=timeout or self.timeout, metadata=self.metadata)
+
+    def stats(self, timeout: float | None = None) -> pb.StatsResponse:
+        return self.index.Stats(pb.StatsRequest(), timeout=timeout or self.timeout, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()

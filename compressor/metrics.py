@@ -26,6 +26,12 @@ class Metrics:
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
         self.expert_load = Gauge("focal_expert_tokens", "Tokens routed to each expert (MoE models)",
                                  ["layer", "expert"], registry=r)
+        self.index_requests = Counter("focal_index_requests", "Index calls by method and gRPC status code",
+                                      ["rpc", "code"], registry=r)
+        self.index_latency = Histogram("focal_index_seconds", "Index call latency", ["rpc"],
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.retrieval_latency = Histogram("focal_retrieval_seconds", "Retrieval step of Compress",
+                                           buckets=_LATENCY_BUCKETS, registry=r)
 
     def serve(self, host: str, port: int):
         """Start the /metrics HTTP endpoint; returns the server (``shutdown()`` stops it)."""

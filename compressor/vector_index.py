@@ -1,0 +1,178 @@
+"""FAISS indexes over unit vectors (inner product = cosine), addressed by int64 ids.
+
+- ``flat``: exact search. The default, right up to a few hundred thousand vectors.
+- ``ivf``: inverted lists (``nlist`` centroids, ``nprobe`` searched). Until the collection holds
+  ``TRAIN_PER_LIST * nlist`` vectors it stays exact (k-means on fewer points is noise), then it is
+  trained on everything it holds.
+- ``hnsw``: graph search (``m`` links, ``ef_construction``, ``ef_search``). HNSW cannot delete: a
+  deleted id is a tombstone that searches skip, and ``compact()`` rebuilds without them.
+
+Exact search of a few queries runs as one BLAS matrix product over FAISS's own vector storage:
+FAISS's flat search parallelises over queries, so a single query would use one core only.
+
+A metadata filter arrives as the set of allowed ids. When it is small, the allowed vectors are
+scored exactly (an approximate index with a restrictive filter can miss the few that pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+
+TRAIN_PER_LIST = 39  # FAISS's own minimum of training points per centroid
+EXACT_FILTER_LIMIT = 4096  # allowed sets up to this size are scored exactly
+SMALL_BATCH = 20  # fewer queries than this: exact search as one BLAS product (FAISS's own threshold)
+KINDS = ("flat", "ivf", "hnsw")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    kind: str = "flat"
+    nlist: int = 1024
+    nprobe: int = 16
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"index type {self.kind!r} is not one of {', '.join(KINDS)}")
+        for name in ("nlist", "nprobe", "m", "ef_construction", "ef_search"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"index {name} must be at least 1, got {getattr(self, name)}")
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def _exact(dim: int) -> faiss.Index:
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+class VectorIndex:
+    def __init__(self, dim: int, spec: IndexSpec, index: faiss.Index | None = None,
+                 tombstones: set[int] | None = None) -> None:
+        self.dim = dim
+        self.spec = spec
+        self.tombstones = tombstones or set()
+        self.index = index if index is not None else self._empty()
+
+    def _empty(self) -> faiss.Index:
+        if self.spec.kind == "hnsw":
+            graph = faiss.IndexHNSWFlat(self.dim, self.spec.m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = self.spec.ef_construction
+            return faiss.IndexIDMap2(graph)
+        return _exact(self.dim)  # ivf starts exact until it has enough points to train
+
+    @property
+    def trained_ivf(self) -> bool:
+        return isinstance(self.index, faiss.IndexIVF)
+
+    def __len__(self) -> int:
+        return self.index.ntotal - len(self.tombstones)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+        if self.spec.kind == "ivf" and not self.trained_ivf and self.index.ntotal >= TRAIN_PER_LIST * self.spec.nlist:
+            self._train_ivf()
+
+    def _all(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        live = np.array([i not in self.tombstones for i in ids], dtype=bool) if self.tombstones else slice(None)
+        ids = ids[live]
+        return ids, self.index.reconstruct_batch(ids)
+
+    def _train_ivf(self) -> None:
+        ids, vectors = self._all()
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, self.spec.nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vectors)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+        ivf.add_with_ids(vectors, ids)
+        self.index = ivf
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        if self.spec.kind == "hnsw":
+            self.tombstones.update(int(i) for i in ids)
+        else:
+            ids = np.ascontiguousarray(ids, dtype=np.int64)  # IVF's hashtable removes by an ID array only
+            self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
+
+    def needs_compaction(self) -> bool:
+        return len(self.tombstones) > max(1000, self.index.ntotal // 5)
+
+    def compact(self) -> None:
+        """Rebuild without tombstones (HNSW)."""
+        ids, vectors = self._all()
+        self.tombstones = set()
+        self.index = self._empty()
+        self.add(ids, vectors)
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids, ``(len(queries), k)`` each, best first; missing hits have id -1."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
+            return self._search_exact(queries, k, allowed)
+        if allowed is None and not self.tombstones and self.spec.kind != "hnsw" and not self.trained_ivf \
+                and len(queries) < SMALL_BATCH:
+            return self._search_flat(queries, k)
+        selector = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
+        elif self.tombstones:
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self.tombstones, np.int64)))
+        if self.spec.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.spec.ef_search, k))
+        elif self.trained_ivf:
+            params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe)
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+        return self.index.search(queries, k, params=params)
+
+    def _search_flat(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        flat = faiss.downcast_index(self.index.index)
+        count = flat.ntotal
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        if count == 0:
+            return scores, ids
+        stored = faiss.rev_swig_ptr(flat.get_xb(), count * self.dim).reshape(count, self.dim)
+        similarity = queries @ stored.T
+        taken = min(k, count)
+        top = np.argpartition(-similarity, taken - 1, axis=1)[:, :taken]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1), axis=1)
+        scores[:, :taken] = np.take_along_axis(similarity, top, axis=1)
+        id_map = self.index.id_map
+        ids[:, :taken] = [[id_map.at(int(position)) for position in row] for row in top]
+        return scores, ids
+
+    def _search_exact(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        allowed = np.array([i for i in allowed if int(i) not in self.tombstones], dtype=np.int64)
+        if len(allowed) == 0:
+            return scores, ids
+        similarity = queries @ self.index.reconstruct_batch(allowed).T
+        top = np.argsort(-similarity, axis=1)[:, :k]
+        taken = top.shape[1]
+        scores[:, :taken] = np.take_along_axis(similarity, top, axis=1)
+        ids[:, :taken] = allowed[top]
+        return scores, ids
+
+    def to_bytes(self) -> bytes:
+        return faiss.serialize_index(self.index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, dim: int, spec: IndexSpec, tombstones: set[int]) -> VectorIndex:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if index.d != dim:
+            raise ValueError(f"index holds {index.d}-dim vectors, expected {dim}")
+        return cls(dim, spec, index, tombstones)

@@ -1,0 +1,109 @@
+"""An append-only write-ahead log of index operations, fsynced before each write is acknowledged.
+
+Record layout: ``magic (4 bytes) | header length (u32) | body length (u32) | crc32 (u32)``, then a
+JSON header and a binary body (the vectors). The CRC covers header and body. On open, the log is
+read to its end: a record cut short at the very end of the file (the process died while writing
+it, so it was never acknowledged) is cut off; anything else that does not check out is corruption
+and raises ``LogCorrupt`` with the byte offset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MAGIC = b"FWAL"
+_PREFIX = struct.Struct("<4sIII")
+
+
+class LogCorrupt(Exception):
+    """The log is damaged before its last record."""
+
+
+@dataclass
+class Record:
+    header: dict
+    body: bytes
+    end: int  # byte offset just past this record
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def scan(path: Path, start: int = 0) -> Iterator[Record]:
+    """The whole records from byte ``start`` on, read one at a time; stops before a torn tail."""
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(start)
+        offset = start
+        while size - offset >= _PREFIX.size:
+            magic, header_len, body_len, crc = _PREFIX.unpack(handle.read(_PREFIX.size))
+            if magic != MAGIC:
+                raise LogCorrupt(f"{path}: no record starts at byte {offset} (bad magic)")
+            end = offset + _PREFIX.size + header_len + body_len
+            if end > size:
+                return  # torn record at the tail
+            payload = handle.read(header_len + body_len)
+            if zlib.crc32(payload) != crc:
+                if end == size:
+                    return  # the last record, partly written
+                raise LogCorrupt(f"{path}: checksum mismatch in the record at byte {offset}")
+            yield Record(json.loads(payload[:header_len]), payload[header_len:], end)
+            offset = end
+
+
+def intact_end(path: Path, start: int = 0) -> int:
+    """Where the intact log ends (a torn tail lies beyond it)."""
+    end = start
+    for record in scan(path, start):
+        end = record.end
+    return end
+
+
+class WriteAheadLog:
+    """Open for appending after the records from ``start`` on were checked; a torn tail is cut off."""
+
+    def __init__(self, path: Path, start: int = 0) -> None:
+        self.path = path
+        created = not path.exists()
+        intact = intact_end(path, start)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.torn_bytes = os.fstat(self._fd).st_size - intact
+        if self.torn_bytes:
+            os.ftruncate(self._fd, intact)
+            os.fsync(self._fd)
+        self.end = intact
+        os.lseek(self._fd, intact, os.SEEK_SET)
+        if created:
+            _fsync_dir(path.parent)
+
+    def append(self, header: dict, body: bytes = b"") -> None:
+        """Write one record and fsync it: when this returns, the record survives a crash."""
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        payload = encoded + body
+        record = _PREFIX.pack(MAGIC, len(encoded), len(body), zlib.crc32(payload)) + payload
+        try:
+            written = 0
+            while written < len(record):
+                written += os.write(self._fd, record[written:])
+            os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, self.end)  # never leave half a record before the next one
+            os.lseek(self._fd, self.end, os.SEEK_SET)
+            raise
+        self.end += len(record)
+
+    def close(self) -> None:
+        os.close(self._fd)
