@@ -1,29 +1,43 @@
-"""Engine speed against transformers on identical weights, measured in one run.
+"""Engine speed against transformers (and llama.cpp, when installed) on identical weights, in one run.
 
-(a) a real-width Mellum2 slice (hidden 2304, 32/4 heads, 64 experts top-8 of width 896, vocab
-98304; 4 layers: 3 sliding + 1 full, all sparse; random weights), shared tensor-for-tensor between
-our engine and transformers' ``MellumForCausalLM``; (b) the default model (SmolLM2-135M-Instruct
-GGUF) read by each side from the same file. Both sides run fp32 on the CPU with the same thread
-count, compute logits only for the last prefill position, and decode one token per step after a
-512-token prompt (median step). The two sides alternate within every repeat and the best
-repeat counts, so machine noise hits both alike. Ratios are ours/theirs in speed: above 1 means we are faster.
+Models: (a) a real-width Mellum2 slice (hidden 2304, 32/4 heads, 64 experts top-8 of width 896,
+vocab 98304; 4 layers: 3 sliding + 1 full, all sparse; random weights), shared tensor-for-tensor
+with transformers' ``MellumForCausalLM``; (b) the default model (SmolLM2-135M-Instruct GGUF), read
+by each side from the same file.
 
-    python -m bench.engine [--threads 2] [--repeats 3] [--decode-steps 16]
+Each side runs in every dtype it offers here (ours: fp32, bf16, int8 weights with bf16
+activations; transformers: fp32, bf16) and each figure compares the fastest variant of each side
+(the table says which). Sides alternate inside every repeat and the best repeat counts, so
+machine noise hits all alike. Prefill computes logits for the last position only; decode is the
+median step after a 512-token prompt. Ratios are ours/theirs in speed: above 1 means we are faster.
+
+Also measured in the same run: the machine's matmul FLOP/s and copy bandwidth (fp32, bf16), our
+prefill at 2048 as a fraction of the FLOP/s limit (active FLOPs per token x tokens/s) and our
+decode as a fraction of the bandwidth limit (weight bytes read per token / time per token), and
+the KV cache's bytes at 32K tokens of the slice against (full layers x n + sliding layers x
+window) x per-token size. llama.cpp (``llama-cpp-python``, 2 threads) runs the same weights as
+GGUF: the slice in F32, BF16 and Q8_0, the default model's own Q4_1 file.
+
+    python -m bench.engine [--threads 2] [--repeats 3] [--decode-steps 16] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from bench.report import best_of, markdown_table, progress, write
 from engine import default_model_path
-from engine.config import from_hf_dict
+from engine.config import ModelConfig, from_hf_dict
 from engine.loader import build_model, load_model
 from engine.model import CausalLM
+from engine.quant import Int8Experts, Int8Linear, quantize_int8
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 MELLUM_SLICE = {
@@ -114,34 +128,202 @@ def measure(sides: dict, vocab: int, lengths: tuple[int, ...], repeats: int, ste
     return figures
 
 
-def mellum_pair():
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python on a GGUF file: prompt processing and one-token steps."""
+
+    def __init__(self, path: Path, threads: int, context: int) -> None:
+        from llama_cpp import Llama
+
+        self.model = Llama(model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                           n_batch=512, n_ubatch=512, verbose=False)
+
+    def prefill(self, ids: torch.Tensor):
+        self.model.reset()
+        self.model.eval(ids[0].tolist())
+        return None, None
+
+    def step(self, token: torch.Tensor, _cache) -> None:
+        self.model.eval(token[0].tolist())
+
+
+def mellum_state() -> dict[str, torch.Tensor]:
     from transformers import MellumConfig, MellumForCausalLM
 
     progress("building the real-width Mellum2 slice (random weights, ~8.5 GB fp32)")
     torch.manual_seed(0)
     with torch.device("meta"):
-        theirs = MellumForCausalLM(MellumConfig(**MELLUM_SLICE))
+        skeleton = MellumForCausalLM(MellumConfig(**MELLUM_SLICE))
     state = {}
-    for name, param in theirs.named_parameters():
+    for name, param in skeleton.named_parameters():
         if "norm" in name:
             state[name] = 1.0 + 0.1 * torch.randn(param.shape)
         else:
             state[name] = torch.randn(param.shape) * (0.5 / param.shape[-1] ** 0.5)
-    theirs.load_state_dict(state, assign=True, strict=False)
-    theirs.model.rotary_emb = type(theirs.model.rotary_emb)(theirs.config)  # real tables, not meta
-    theirs.eval()
-    ours = build_model(from_hf_dict(MELLUM_SLICE), state, torch.float32)  # the same tensors
-    return Ours(ours), Theirs(theirs), MELLUM_SLICE["vocab_size"]
+    return state
 
 
-def default_pair():
+def theirs_mellum(state: dict[str, torch.Tensor], dtype: torch.dtype):
+    from transformers import MellumConfig, MellumForCausalLM
+
+    with torch.device("meta"):
+        model = MellumForCausalLM(MellumConfig(**MELLUM_SLICE))
+    converted = state if dtype == torch.float32 else {k: v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(converted, assign=True, strict=False)
+    model.model.rotary_emb = type(model.model.rotary_emb)(model.config)  # real tables, not meta
+    return model.eval()
+
+
+def mellum_sides(state: dict[str, torch.Tensor]) -> dict[str, object]:
+    """Built one by one so that at most one transient bf16 copy exists (the whole set is ~20 GB)."""
+    config = from_hf_dict(MELLUM_SLICE)
+    int8 = Ours(quantize_int8(build_model(config, state, torch.bfloat16)))
+    return {
+        "ours fp32": Ours(build_model(config, state, torch.float32)),  # shares the tensors of `state`
+        "ours bf16": Ours(build_model(config, state, torch.bfloat16)),
+        "ours int8": int8,
+        "transformers fp32": Theirs(theirs_mellum(state, torch.float32)),
+        "transformers bf16": Theirs(theirs_mellum(state, torch.bfloat16)),
+    }
+
+
+def default_sides() -> dict[str, object]:
     from transformers import AutoModelForCausalLM
 
     path = default_model_path()
     progress(f"loading the default model from {path.name} on both sides")
-    theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    ours = load_model(path)
-    return Ours(ours), Theirs(theirs), ours.config.vocab_size
+    sides: dict[str, object] = {}
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        sides[f"ours {label}"] = Ours(load_model(path, dtype))
+    sides["ours int8"] = Ours(quantize_int8(load_model(path, torch.bfloat16)))
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        sides[f"transformers {label}"] = Theirs(AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype).eval())
+    return sides
+
+
+def fastest(figures: dict[str, dict[str, float]], side: str, key: str, higher: bool = True) -> str:
+    """The variant of ``side`` ("ours", "transformers", "llama.cpp") that is fastest on ``key``."""
+    variants = [name for name in figures if name.startswith(side) and key in figures[name]]
+    return (max if higher else min)(variants, key=lambda name: figures[name][key])
+
+
+def machine_limits(threads: int) -> dict[str, float]:
+    """Achieved matmul FLOP/s and copy bandwidth of this machine, fp32 and bf16."""
+    limits = {}
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+        seconds = best_of(5, lambda a=a, b=b: torch.mm(a, b))
+        limits[f"matmul_gflops_{label}"] = 2 * 4096**3 / seconds / 1e9
+        source = torch.empty(256 * 2**20, dtype=torch.float32)
+        source.normal_()
+        target = torch.empty_like(source)
+        seconds = best_of(5, lambda s=source, t=target: t.copy_(s))
+        limits["copy_gb_s"] = 2 * source.numel() * 4 / seconds / 1e9  # read + write
+    progress(f"machine: matmul {limits['matmul_gflops_fp32']:.0f} GFLOP/s fp32, {limits['matmul_gflops_bf16']:.0f} "
+             f"bf16; copy {limits['copy_gb_s']:.1f} GB/s ({threads} threads)")
+    return limits
+
+
+def active_flops_per_token(config: ModelConfig, context: int) -> float:
+    """Multiply-adds x 2 per prefill token: projections, active experts, router and attention scores
+    at the mean attended length of a ``context``-token prompt (the lm_head runs for one row only)."""
+    h, d = config.hidden_size, config.head_dim
+    projections = h * (config.num_attention_heads + 2 * config.num_key_value_heads) * d \
+        + config.num_attention_heads * d * h
+    flops = 0.0
+    for kind, mlp in zip(config.layer_types, config.mlp_layer_types):
+        if mlp == "sparse":
+            mlp_params = config.num_experts_per_tok * 3 * h * config.moe_intermediate_size + config.num_experts * h
+        else:
+            mlp_params = 3 * h * config.intermediate_size
+        window = config.sliding_window if kind == "sliding_attention" and config.sliding_window else context
+        attended = sum(min(position + 1, window) for position in range(context)) / context
+        flops += 2 * (projections + mlp_params) + 4 * attended * config.num_attention_heads * d
+    return flops
+
+
+def decode_weight_bytes(model: CausalLM) -> float:
+    """Weight bytes one decode step reads: everything but the embedding table and the idle experts."""
+    total = 0.0
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if name.startswith("model.embed_tokens") or "rotary" in name:
+            continue
+        total += tensor.numel() * tensor.element_size()
+    for module in model.modules():  # only top-k of the experts are read per token
+        if isinstance(module, Int8Experts):
+            stored = sum(t.numel() * t.element_size() for t in module.buffers())
+        elif module.__class__.__name__ == "Experts":
+            stored = sum(t.numel() * t.element_size() for t in module.parameters())
+        else:
+            continue
+        total -= stored * (1 - model.config.num_experts_per_tok / model.config.num_experts)
+    if model.config.tie_word_embeddings and not isinstance(model.lm_head, Int8Linear):
+        total += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    return total
+
+
+def kv_at(model: CausalLM, tokens: int, chunk: int = 2048) -> dict[str, float]:
+    """Prefill ``tokens`` in chunks and compare the cache's allocated bytes with the formula."""
+    config = model.config
+    cache = model.new_cache(1)
+    ids = torch.randint(0, config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(3))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, tokens, chunk):
+            model(ids[:, start:start + chunk], cache)
+            if start // chunk % 4 == 3:
+                progress(f"kv: {start + chunk}/{tokens} tokens")
+    seconds = time.perf_counter() - started
+    per_token = 2 * config.num_key_value_heads * config.head_dim * cache.dtype.itemsize
+    sliding = sum(kind == "sliding_attention" for kind in config.layer_types)
+    formula = ((config.num_hidden_layers - sliding) * tokens + sliding * config.sliding_window) * per_token
+    return {"tokens": tokens, "bytes": cache.nbytes(), "formula_bytes": formula,
+            "ratio": cache.nbytes() / formula, "prefill_tok_s": tokens / seconds}
+
+
+def llamacpp_files(model: str, state: dict[str, torch.Tensor] | None, folder: Path) -> dict[str, Path]:
+    """GGUF files for llama.cpp: the slice written by our writer (F32, BF16, Q8_0; SmolLM2's
+    tokenizer padded to the slice's vocabulary), or the default model's own Q4_1 file."""
+    from gguf import GGMLQuantizationType
+
+    from engine.gguf_write import write_gguf
+    from engine.tokenizer import ChatTokenizer
+
+    if model == "default":
+        return {"llama.cpp Q4_1": default_model_path()}
+    tokenizer = ChatTokenizer.from_gguf(default_model_path())
+    config = from_hf_dict(MELLUM_SLICE)
+    files = {}
+    for label, qtype in (("F32", GGMLQuantizationType.F32), ("BF16", GGMLQuantizationType.BF16),
+                         ("Q8_0", GGMLQuantizationType.Q8_0)):
+        files[f"llama.cpp {label}"] = path = folder / f"mellum-slice-{label}.gguf"
+        progress(f"writing {path.name}")
+        write_gguf(path, config, state, qtype, tokenizer=tokenizer, name="mellum-slice")
+    return files
+
+
+def measure_llamacpp(files: dict[str, Path], ours: dict, vocab: int, threads: int, repeats: int,
+                     steps: int) -> dict[str, dict]:
+    """Each llama.cpp file in turn (one in memory at a time), alternating with our variants."""
+    figures: dict[str, dict[str, float]] = {}
+    for name, path in files.items():
+        side = LlamaCpp(path, threads, 4096)
+        measured = measure({name: side, **ours}, vocab, (512, 2048), repeats, steps)
+        figures[name] = measured[name]
+        for variant in ours:
+            figures.setdefault(f"{variant} (with llama.cpp)", {}).update(
+                {k: v for k, v in measured[variant].items()})
+        del side
+        gc.collect()
+    return figures
+
+
+def llamacpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -149,32 +331,112 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="no 8192 prefill, no 32K KV, no llama.cpp")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    limits = machine_limits(args.threads)
     raw: dict[str, dict[str, dict[str, float]]] = {}
-    for label, make in (("mellum", mellum_pair), ("default", default_pair)):
-        ours, theirs, vocab = make()
-        progress(f"{label}: measuring ours and transformers, alternating")
-        raw[label] = measure({"ours": ours, "transformers": theirs}, vocab, (512, 2048),
-                             args.repeats, args.decode_steps)
-        del ours, theirs
-    ratios = {}
+    extra: dict[str, object] = {"limits": limits}
+    folder = Path(tempfile.mkdtemp(prefix="focal-bench-"))
+    for label in ("mellum", "default"):
+        state = mellum_state() if label == "mellum" else None
+        sides = mellum_sides(state) if label == "mellum" else default_sides()
+        vocab = MELLUM_SLICE["vocab_size"] if label == "mellum" else sides["ours fp32"].model.config.vocab_size
+        progress(f"{label}: measuring {', '.join(sides)}, alternating")
+        figures = measure(sides, vocab, (512, 2048), args.repeats, args.decode_steps)
+        ours_best = fastest(figures, "ours", "prefill_2048_tok_s")
+        theirs_best = fastest(figures, "transformers", "prefill_2048_tok_s")
+        config = sides["ours fp32"].model.config
+        flops = active_flops_per_token(config, 2048)
+        peak = limits["matmul_gflops_bf16" if "fp32" not in ours_best else "matmul_gflops_fp32"] * 1e9
+        extra[f"{label}_roofline_fraction_prefill_2048"] = flops * figures[ours_best]["prefill_2048_tok_s"] / peak
+        decode_best = fastest(figures, "ours", "decode_ms_per_token", higher=False)
+        bytes_read = decode_weight_bytes(sides[decode_best].model)
+        extra[f"{label}_bandwidth_fraction_decode"] = (
+            bytes_read / (figures[decode_best]["decode_ms_per_token"] / 1000) / (limits["copy_gb_s"] * 1e9))
+        extra[f"{label}_decode_weight_bytes"] = {name: decode_weight_bytes(side.model) for name, side in sides.items()
+                                                 if name.startswith("ours")}
+        if label == "mellum" and not args.quick:
+            long = measure({ours_best: sides[ours_best], theirs_best: sides[theirs_best]}, vocab, (8192,), 1, 1)
+            for name in long:
+                figures[name]["prefill_8192_tok_s"] = long[name]["prefill_8192_tok_s"]
+            extra["mellum_kv_32k"] = kv_at(sides["ours bf16"].model, 32768)
+            progress(f"kv at 32K: {extra['mellum_kv_32k']}")
+        for name in [n for n in sides if n.startswith("transformers") or n == "ours fp32"]:
+            del sides[name]
+        gc.collect()
+        if not args.quick and llamacpp_available():
+            files = llamacpp_files(label, state, folder)
+            del state  # the slice's fp32 tensors: llama.cpp's files take their place in memory
+            gc.collect()
+            figures.update(measure_llamacpp(files, sides, vocab, args.threads, args.repeats, args.decode_steps))
+            for path in folder.glob("*.gguf"):
+                path.unlink()
+        raw[label] = figures
+        del sides
+        gc.collect()
+    write("engine", *report(raw, extra, args))
+
+
+def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]:
+    ratios: dict[str, float] = {}
     rows = []
+
+    def compare(label: str, key: str, peer: str, name: str, higher: bool = True,
+                ours_side: str = "ours", figures: dict | None = None) -> None:
+        figures = figures or raw[label]
+        if not any(n.startswith(peer) and key in figures[n] for n in figures):
+            return
+        ours_name = fastest(figures, ours_side, key, higher)
+        theirs_name = fastest(figures, peer, key, higher)
+        ours, theirs = figures[ours_name][key], figures[theirs_name][key]
+        ratios[name] = ours / theirs if higher else theirs / ours
+        unit = "tok/s" if higher else "ms/token"
+        rows.append([label, key.replace("_tok_s", "").replace("_ms_per_token", "").replace("_", " ") + f" ({unit})",
+                     f"{ours:.1f} ({ours_name.removeprefix('ours ')})",
+                     f"{theirs:.1f} ({theirs_name.split(' ', 1)[1]})", peer, f"{ratios[name]:.2f}x"])
+
     for label in raw:
-        ours, theirs = raw[label]["ours"], raw[label]["transformers"]
-        for length in (512, 2048):
-            key = f"prefill_{length}_tok_s"
-            ratios[f"{label}_prefill_{length}"] = ours[key] / theirs[key]
-            rows.append([label, f"prefill {length} (tok/s)", f"{ours[key]:.1f}", f"{theirs[key]:.1f}",
-                         f"{ratios[f'{label}_prefill_{length}']:.2f}x"])
-        key = "decode_ms_per_token"
-        ratios[f"{label}_decode"] = theirs[key] / ours[key]
-        rows.append([label, "decode (ms/token)", f"{ours[key]:.1f}", f"{theirs[key]:.1f}",
-                     f"{ratios[f'{label}_decode']:.2f}x"])
-    table = markdown_table(["model", "figure", "ours", "transformers", "ours/theirs speed"], rows)
-    markdown = (f"# Engine vs transformers (fp32, CPU, {args.threads} threads, best of {args.repeats})\n\n"
-                f"{table}\n")
-    write("engine", {"ratios": ratios, "raw": raw, "threads": args.threads, "dtype": "float32"}, markdown)
+        for length in (512, 2048, 8192):
+            compare(label, f"prefill_{length}_tok_s", "transformers", f"{label}_prefill_{length}")
+        compare(label, "decode_ms_per_token", "transformers", f"{label}_decode", higher=False)
+        with_llama = {n.removesuffix(" (with llama.cpp)"): v for n, v in raw[label].items()
+                      if n.endswith("(with llama.cpp)") or n.startswith("llama.cpp")}
+        if with_llama:
+            for length in (512, 2048):
+                compare(label, f"prefill_{length}_tok_s", "llama.cpp", f"llamacpp_{label}_prefill_{length}",
+                        figures=with_llama)
+            compare(label, "decode_ms_per_token", "llama.cpp", f"llamacpp_{label}_decode", higher=False,
+                    figures=with_llama)
+        if label == "mellum" and "llama.cpp Q8_0" in with_llama and "ours int8" in with_llama:
+            q8 = {k: with_llama[k] for k in ("ours int8", "llama.cpp Q8_0")}
+            compare(label, "decode_ms_per_token", "llama.cpp", "llamacpp_mellum_q8_decode", higher=False, figures=q8)
+    for key in ("roofline_fraction_prefill_2048", "bandwidth_fraction_decode"):
+        ratios[key] = extra[f"mellum_{key}"]
+        ratios[f"default_{key}"] = extra[f"default_{key}"]
+    if "mellum_kv_32k" in extra:
+        ratios["kv_bytes_32k_over_formula"] = extra["mellum_kv_32k"]["ratio"]
+    limits = extra["limits"]
+    lines = [
+        f"# Engine speed (CPU, {args.threads} threads, best of {args.repeats}; each side at its fastest variant)",
+        "",
+        markdown_table(["model", "figure", "ours", "peer", "peer name", "ours/peer speed"], rows),
+        "",
+        f"Machine, same run: matmul {limits['matmul_gflops_fp32']:.0f} GFLOP/s fp32, "
+        f"{limits['matmul_gflops_bf16']:.0f} GFLOP/s bf16; copy {limits['copy_gb_s']:.1f} GB/s.",
+        f"Prefill 2048 as a fraction of the matmul limit of its dtype: mellum "
+        f"{extra['mellum_roofline_fraction_prefill_2048']:.2f}, default "
+        f"{extra['default_roofline_fraction_prefill_2048']:.2f}. Decode as a fraction of the copy bandwidth: "
+        f"mellum {extra['mellum_bandwidth_fraction_decode']:.2f}, default "
+        f"{extra['default_bandwidth_fraction_decode']:.2f}.",
+    ]
+    if "mellum_kv_32k" in extra:
+        kv = extra["mellum_kv_32k"]
+        lines.append(f"KV cache of the slice at {kv['tokens']} tokens (bf16): {kv['bytes'] / 2**20:.1f} MiB measured, "
+                     f"{kv['formula_bytes'] / 2**20:.1f} MiB by the formula (ratio {kv['ratio']:.3f}); "
+                     f"prefill {kv['prefill_tok_s']:.0f} tok/s.")
+    payload = {"ratios": ratios, "raw": raw, "extra": extra, "threads": args.threads}
+    return payload, "\n".join(lines)
 
 
 if __name__ == "__main__":

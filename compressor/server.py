@@ -177,7 +177,8 @@ class FocalServer:
             torch.set_num_threads(settings.threads)
         if engine is None:
             device = parse_device(settings.device)
-            engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device)
+            engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device,
+                                 quantize=settings.quantize)
         self.metrics = Metrics()
         compressor = Compressor(engine)
         # Tokens per expert per sparse layer (MoE models), published with each batch.

@@ -27,6 +27,7 @@ class Settings:
     model: str = ""  # GGUF file or HF directory; empty = the embedded default model
     device: str = "auto"  # auto = the GPU when there is one, else the CPU
     dtype: str = "auto"
+    quantize: str = ""  # "int8": weight-only int8 projections (a quarter of fp32's bytes per decoded token)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     max_batch: int = 8  # requests whose coarse passes share forward passes
     queue_depth: int = 16  # requests admitted beyond the one running; more are refused at once
@@ -79,6 +80,7 @@ HELP = {
     "model": "model: GGUF file or HF directory (empty = embedded SmolLM2-135M-Instruct)",
     "device": "auto (the GPU when there is one), cpu, cuda or cuda:N",
     "health_port": "plaintext port with only the health service, for probes when TLS is on (0 = off)",
+    "quantize": "empty (full precision) or int8 (weight-only int8 projections)",
     "dtype": "auto (bf16 where the hardware has bf16 units), float32 or bfloat16",
     "threads": "torch CPU threads (0 = torch's default)",
     "max_batch": "requests whose engine passes are batched together",

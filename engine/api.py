@@ -23,6 +23,7 @@ from engine.cache import KVCache
 from engine.config import ModelConfig
 from engine.loader import load
 from engine.model import CausalLM
+from engine.quant import quantize_int8
 from engine.tokenizer import ChatTokenizer
 
 
@@ -65,9 +66,14 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu", **options: int) -> Engine:
-        """Load a GGUF file or HF directory; ``None`` is the embedded default model."""
+             device: torch.device | str = "cpu", quantize: str = "", **options: int) -> Engine:
+        """Load a GGUF file or HF directory; ``None`` is the embedded default model.
+        ``quantize="int8"`` stores every projection as int8 rows (``engine.quant``)."""
+        if quantize not in ("", "int8"):
+            raise ValueError(f"unknown quantization {quantize!r}; use '' or 'int8'")
         model, tokenizer = load(path, dtype, device)
+        if quantize == "int8":
+            quantize_int8(model)
         return cls(model, tokenizer, **options)
 
     @property

@@ -145,23 +145,30 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
         self.down_proj = nn.Parameter(torch.empty(e, h, i))
 
+    @property
+    def num_experts(self) -> int:
+        return self.gate_up_proj.shape[0]
+
+    def expert(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """One expert's SwiGLU on the rows of ``x`` routed to it."""
+        gate, up = F.linear(x, self.gate_up_proj[index]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_proj[index])
+
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """x [N, H]; weights, experts [N, K] -> [N, H]."""
+        """x [N, H]; weights, experts [N, K] -> [N, H]. Rows are sorted by expert once, so every
+        active expert runs one matmul over a contiguous slice (no per-expert masks)."""
         top_k = experts.shape[1]
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
         token_of = order // top_k
         sorted_x = x.index_select(0, token_of)
         out = torch.empty_like(sorted_x)
         start = 0
-        for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            end = start + count
-            gate, up = F.linear(sorted_x[start:end], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            out[start:end] = F.linear(F.silu(gate) * up, self.down_proj[expert])
-            start = end
+        for index, count in enumerate(counts):
+            if count:
+                out[start:start + count] = self.expert(sorted_x[start:start + count], index)
+                start += count
         out = out * weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros_like(x).index_add_(0, token_of, out)
 
@@ -193,7 +200,7 @@ class SparseMoe(nn.Module):
         flat = x.reshape(-1, shape[-1])
         weights, experts = self.gate(flat)
         if self.stats is not None:
-            self.stats.add(self.layer, experts, self.experts.gate_up_proj.shape[0])
+            self.stats.add(self.layer, experts, self.experts.num_experts)
         return self.experts(flat, weights, experts).reshape(shape)
 
 
