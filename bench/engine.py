@@ -6,19 +6,23 @@ with transformers' ``MellumForCausalLM``; (b) the default model (SmolLM2-135M-In
 by each side from the same file.
 
 Each side runs in every dtype it offers here (ours: fp32, bf16, int8 weights with bf16
-activations; transformers: fp32, bf16) and each figure compares the fastest variant of each side
-(the table says which). Sides alternate inside every repeat and the best repeat counts, so
-machine noise hits all alike. Prefill computes logits for the last position only; decode is the
-median step after a 512-token prompt. Ratios are ours/theirs in speed: above 1 means we are faster.
+activations, and for the default model bf16 and int8 under ``torch.compile``; transformers: fp32,
+bf16) and each figure compares the fastest variant of each side (the table says which). Sides
+alternate inside every repeat and the best repeat counts, so machine noise hits all alike. Prefill
+computes logits for the last position only; decode is the median step after a 512-token prompt.
+Ratios are ours/theirs in speed: above 1 means we are faster.
 
 Also measured in the same run: the machine's matmul FLOP/s and copy bandwidth (fp32, bf16), our
 prefill at 2048 as a fraction of the FLOP/s limit (active FLOPs per token x tokens/s) and our
 decode as a fraction of the bandwidth limit (weight bytes read per token / time per token), and
 the KV cache's bytes at 32K tokens of the slice against (full layers x n + sliding layers x
 window) x per-token size. llama.cpp (``llama-cpp-python``, 2 threads) runs the same weights as
-GGUF: the slice in F32, BF16 and Q8_0, the default model's own Q4_1 file.
+GGUF: the slice in F32, BF16 and Q8_0, the default model's own Q4_1 file. And the prefix cache:
+scoring after a shared 1024-token prefix, recomputed against cached. The ratios are plotted in
+``bench/results/engine.png``.
 
     python -m bench.engine [--threads 2] [--repeats 3] [--decode-steps 16] [--quick]
+    python -m bench.engine --long 131072     # only: prefill the slice to 128K, KV bytes on the way
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from pathlib import Path
 
 import torch
 
-from bench.report import best_of, markdown_table, progress, write
-from engine import default_model_path
+from bench.report import RESULTS, best_of, markdown_table, progress, write
+from engine import Engine, default_model_path
+from engine.compiled import compile_forward
 from engine.config import ModelConfig, from_hf_dict
 from engine.loader import build_model, load_model
 from engine.model import CausalLM
@@ -57,8 +62,14 @@ MELLUM_SLICE = {
 
 
 class Ours:
-    def __init__(self, model: CausalLM, chunk: int = 2048) -> None:
+    def __init__(self, model: CausalLM, chunk: int = 2048, compiled: bool = False) -> None:
         self.model, self.chunk = model, chunk
+        self.forward = compile_forward(model) if compiled else model
+        if compiled:  # compile the prefill and decode graphs before anything is timed
+            progress("compiling (prefill and decode graphs)")
+            for length in (64, 96):  # a second length makes dynamo compile the shape-generic graph
+                _, cache = self.prefill(torch.arange(length)[None] % model.config.vocab_size)
+                self.step(torch.tensor([[1]]), cache)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor):
@@ -66,12 +77,12 @@ class Ours:
         cache.reserve(ids.shape[1] + 64)
         hidden = None
         for start in range(0, ids.shape[1], self.chunk):
-            hidden = self.model(ids[:, start : start + self.chunk], cache)
+            hidden = self.forward(ids[:, start : start + self.chunk], cache)
         return self.model.logits(hidden[:, -1:]), cache
 
     @torch.inference_mode()
     def step(self, token: torch.Tensor, cache) -> torch.Tensor:
-        return self.model.logits(self.model(token, cache))
+        return self.model.logits(self.forward(token, cache))
 
 
 class Theirs:
@@ -195,6 +206,8 @@ def default_sides() -> dict[str, object]:
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         sides[f"ours {label}"] = Ours(load_model(path, dtype))
     sides["ours int8"] = Ours(quantize_int8(load_model(path, torch.bfloat16)))
+    sides["ours bf16+compile"] = Ours(load_model(path, torch.bfloat16), compiled=True)
+    sides["ours int8+compile"] = Ours(quantize_int8(load_model(path, torch.bfloat16)), compiled=True)
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         sides[f"transformers {label}"] = Theirs(AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=dtype).eval())
@@ -262,23 +275,76 @@ def decode_weight_bytes(model: CausalLM) -> float:
     return total
 
 
-def kv_at(model: CausalLM, tokens: int, chunk: int = 2048) -> dict[str, float]:
-    """Prefill ``tokens`` in chunks and compare the cache's allocated bytes with the formula."""
+def kv_at(model: CausalLM, tokens: int, chunk: int = 2048, every: int = 0) -> dict[str, object]:
+    """Prefill ``tokens`` in chunks and compare the cache's allocated bytes with the formula, at the
+    end and (``every`` > 0) at every multiple of ``every`` tokens on the way."""
     config = model.config
     cache = model.new_cache(1)
     ids = torch.randint(0, config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(3))
+    per_token = 2 * config.num_key_value_heads * config.head_dim * cache.dtype.itemsize
+    sliding = sum(kind == "sliding_attention" for kind in config.layer_types)
+    on_the_way = []
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, tokens, chunk):
             model(ids[:, start:start + chunk], cache)
+            done = min(start + chunk, tokens)
+            if every and done % every == 0:
+                formula = ((config.num_hidden_layers - sliding) * done + sliding * config.sliding_window) * per_token
+                on_the_way.append({"tokens": done, "bytes": cache.nbytes(), "formula_bytes": formula,
+                                   "ratio": cache.nbytes() / formula,
+                                   "prefill_tok_s": done / (time.perf_counter() - started)})
             if start // chunk % 4 == 3:
-                progress(f"kv: {start + chunk}/{tokens} tokens")
+                progress(f"kv: {done}/{tokens} tokens, {cache.nbytes() / 2**20:.0f} MiB")
     seconds = time.perf_counter() - started
-    per_token = 2 * config.num_key_value_heads * config.head_dim * cache.dtype.itemsize
-    sliding = sum(kind == "sliding_attention" for kind in config.layer_types)
     formula = ((config.num_hidden_layers - sliding) * tokens + sliding * config.sliding_window) * per_token
     return {"tokens": tokens, "bytes": cache.nbytes(), "formula_bytes": formula,
-            "ratio": cache.nbytes() / formula, "prefill_tok_s": tokens / seconds}
+            "ratio": cache.nbytes() / formula, "prefill_tok_s": tokens / seconds, "on_the_way": on_the_way}
+
+
+def long_context(tokens: int) -> None:
+    """The slice in bf16 (ours only) prefilled to ``tokens`` (YaRN on the full layer): KV bytes
+    against the formula every 16K tokens, and the prefill rate; ``bench/results/engine_long``."""
+    config = from_hf_dict(MELLUM_SLICE)
+    if tokens > config.max_position_embeddings:
+        raise SystemExit(f"--long {tokens} exceeds the slice's context of {config.max_position_embeddings}")
+    model = build_model(config, mellum_state(), torch.bfloat16)
+    figures = kv_at(model, tokens, every=16384)
+    rows = [[f"{p['tokens']}", f"{p['bytes'] / 2**20:.1f}", f"{p['formula_bytes'] / 2**20:.1f}", f"{p['ratio']:.3f}",
+             f"{p['prefill_tok_s']:.0f}"] for p in figures["on_the_way"]]
+    lines = ["# Long context: the real-width Mellum2 slice (bf16, chunks of 2048), KV cache against the formula", "",
+             "(full layers x n + sliding layers x window) x 2 x kv_heads x head_dim x 2 bytes", "",
+             markdown_table(["tokens", "KV MiB measured", "KV MiB formula", "ratio", "prefill tok/s so far"], rows)]
+    write("engine_long", {"ratios": {"kv_bytes_over_formula": figures["ratio"]}, "raw": figures}, "\n".join(lines))
+
+
+def default_tokenizer():
+    from engine.gguf_read import GGUFFile
+    from engine.tokenizer import from_gguf
+
+    return from_gguf(GGUFFile(default_model_path()))
+
+
+def prefix_reuse(model: CausalLM, prefix_tokens: int = 1024, rows: int = 8, row_tokens: int = 96,
+                 repeats: int = 3) -> dict[str, float]:
+    """``Engine.score`` of ``rows`` continuations after a shared prefix (a long instruction), without
+    the prefix cache and with it warm: the time a repeated instruction costs per request."""
+    tokenizer = default_tokenizer()
+    generator = torch.Generator().manual_seed(5)
+    vocab = model.config.vocab_size
+    prefix = torch.randint(0, vocab, (prefix_tokens,), generator=generator).tolist()
+    continuations = [torch.randint(0, vocab, (row_tokens,), generator=generator).tolist() for _ in range(rows)]
+    cold = Engine(model, tokenizer, prefix_cache_bytes=0)
+    warm = Engine(model, tokenizer)
+    warm.score(prefix, continuations, entropy=False)
+    cold_s = best_of(repeats, lambda: cold.score(prefix, continuations, entropy=False))
+    warm_s = best_of(repeats, lambda: warm.score(prefix, continuations, entropy=False))
+    figures = {"prefix_tokens": prefix_tokens, "rows": rows, "row_tokens": row_tokens, "cold_ms": cold_s * 1000,
+               "warm_ms": warm_s * 1000, "speedup": cold_s / warm_s,
+               "reused_tokens_per_call": warm.prefix_cache.stats.reused_tokens / warm.prefix_cache.stats.hits}
+    progress(f"prefix reuse: cold {figures['cold_ms']:.0f} ms, warm {figures['warm_ms']:.0f} ms "
+             f"({figures['speedup']:.2f}x)")
+    return figures
 
 
 def llamacpp_files(model: str, state: dict[str, torch.Tensor] | None, folder: Path) -> dict[str, Path]:
@@ -287,11 +353,9 @@ def llamacpp_files(model: str, state: dict[str, torch.Tensor] | None, folder: Pa
     from gguf import GGMLQuantizationType
 
     from engine.gguf_write import write_gguf
-    from engine.tokenizer import ChatTokenizer
-
     if model == "default":
         return {"llama.cpp Q4_1": default_model_path()}
-    tokenizer = ChatTokenizer.from_gguf(default_model_path())
+    tokenizer = default_tokenizer()
     config = from_hf_dict(MELLUM_SLICE)
     files = {}
     for label, qtype in (("F32", GGMLQuantizationType.F32), ("BF16", GGMLQuantizationType.BF16),
@@ -332,8 +396,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="no 8192 prefill, no 32K KV, no llama.cpp")
+    parser.add_argument("--long", type=int, default=0, metavar="TOKENS",
+                        help="only the long-context run: prefill the slice to TOKENS (e.g. 131072)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.long:
+        long_context(args.long)
+        return
     limits = machine_limits(args.threads)
     raw: dict[str, dict[str, dict[str, float]]] = {}
     extra: dict[str, object] = {"limits": limits}
@@ -362,6 +431,8 @@ def main() -> None:
                 figures[name]["prefill_8192_tok_s"] = long[name]["prefill_8192_tok_s"]
             extra["mellum_kv_32k"] = kv_at(sides["ours bf16"].model, 32768)
             progress(f"kv at 32K: {extra['mellum_kv_32k']}")
+        if label == "default":
+            extra["default_prefix_reuse"] = prefix_reuse(sides["ours bf16"].model)
         for name in [n for n in sides if n.startswith("transformers") or n == "ours fp32"]:
             del sides[name]
         gc.collect()
@@ -430,13 +501,39 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         f"mellum {extra['mellum_bandwidth_fraction_decode']:.2f}, default "
         f"{extra['default_bandwidth_fraction_decode']:.2f}.",
     ]
+    if "default_prefix_reuse" in extra:
+        reuse = extra["default_prefix_reuse"]
+        ratios["default_prefix_reuse_speedup"] = reuse["speedup"]
+        lines.append(f"Prefix cache (default model, bf16): {reuse['rows']} rows of {reuse['row_tokens']} tokens "
+                     f"after a shared {reuse['prefix_tokens']}-token prefix: {reuse['cold_ms']:.0f} ms recomputed, "
+                     f"{reuse['warm_ms']:.0f} ms with the prefix cached ({reuse['speedup']:.2f}x).")
     if "mellum_kv_32k" in extra:
         kv = extra["mellum_kv_32k"]
         lines.append(f"KV cache of the slice at {kv['tokens']} tokens (bf16): {kv['bytes'] / 2**20:.1f} MiB measured, "
                      f"{kv['formula_bytes'] / 2**20:.1f} MiB by the formula (ratio {kv['ratio']:.3f}); "
                      f"prefill {kv['prefill_tok_s']:.0f} tok/s.")
     payload = {"ratios": ratios, "raw": raw, "extra": extra, "threads": args.threads}
+    plot(rows)
     return payload, "\n".join(lines)
+
+
+def plot(rows: list[list[str]]) -> None:
+    """Ours/peer speed per figure, one bar each; the line at 1 is parity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{model} {figure} vs {peer}" for model, figure, _, _, peer, _ in rows]
+    values = [float(row[-1].removesuffix("x")) for row in rows]
+    figure, axis = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.2))
+    axis.barh(labels, values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
+    axis.axvline(1.0, color="black", linewidth=1)
+    axis.invert_yaxis()
+    axis.set_xlabel("ours / peer speed (above 1: we are faster)")
+    axis.set_title("Engine speed, each side at its fastest variant (2-core CPU)")
+    figure.tight_layout()
+    figure.savefig(RESULTS / "engine.png", dpi=120)
 
 
 if __name__ == "__main__":

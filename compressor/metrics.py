@@ -5,7 +5,11 @@ Nothing here carries request content: only counts, sizes, durations and status c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from engine.prefix_cache import PrefixCacheStats
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
 
@@ -32,11 +36,26 @@ class Metrics:
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.retrieval_latency = Histogram("focal_retrieval_seconds", "Retrieval step of Compress",
                                            buckets=_LATENCY_BUCKETS, registry=r)
+        self.prefix_lookups = Counter("focal_prefix_cache_lookups", "Prompt prefixes looked up in the KV cache",
+                                      registry=r)
+        self.prefix_hits = Counter("focal_prefix_cache_hits", "Lookups that reused cached prefix KV", registry=r)
+        self.prefix_reused = Counter("focal_prefix_cache_reused_tokens", "Prefix tokens not recomputed", registry=r)
+        self.prefix_bytes = Gauge("focal_prefix_cache_bytes", "Bytes of prefix KV held", registry=r)
+        self._prefix_seen = PrefixCacheStats()
 
     def serve(self, host: str, port: int):
         """Start the /metrics HTTP endpoint; returns the server (``shutdown()`` stops it)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+    def record_prefix_cache(self, stats: PrefixCacheStats) -> None:
+        """Publish the engine's cumulative prefix-cache counts (as increments since the last call)."""
+        seen = self._prefix_seen
+        self.prefix_lookups.inc(stats.lookups - seen.lookups)
+        self.prefix_hits.inc(stats.hits - seen.hits)
+        self.prefix_reused.inc(stats.reused_tokens - seen.reused_tokens)
+        self.prefix_bytes.set(stats.bytes)
+        self._prefix_seen = replace(stats)
 
     def record_routing(self, counts: dict[int, list[int]]) -> None:
         for layer, per_expert in counts.items():

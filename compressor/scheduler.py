@@ -139,9 +139,9 @@ class Scheduler:
             now = time.monotonic()
             for job in batch:
                 job.started, job.batch_size = now, len(batch)
-            if self._on_batch:
-                self._on_batch(len(batch))
             results = self._compress(batch)
+            if self._on_batch:  # before any reply, so metrics scraped after a reply include its batch
+                self._on_batch(len(batch))
             with self._condition:
                 for job, outcome in zip(batch, results):
                     if isinstance(outcome, BaseException):

@@ -178,7 +178,12 @@ class FocalServer:
         if engine is None:
             device = parse_device(settings.device)
             engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device,
-                                 quantize=settings.quantize)
+                                 quantize=settings.quantize, prefix_cache_bytes=settings.prefix_cache_mb << 20,
+                                 compile_model=settings.compile)
+            if settings.compile:
+                log.info("compiling the model before serving", extra={"fields": {}})
+                log.info("compiled", extra={"fields": {"seconds": round(engine.warm_up(), 1)}})
+        self.engine = engine
         self.metrics = Metrics()
         compressor = Compressor(engine)
         # Tokens per expert per sparse layer (MoE models), published with each batch.
@@ -227,6 +232,7 @@ class FocalServer:
 
     def _on_batch(self, size: int) -> None:
         self.metrics.batch_size.observe(size)
+        self.metrics.record_prefix_cache(self.engine.prefix_cache.stats)
         if self.routing is not None:  # counts as of the batches finished so far
             self.metrics.record_routing({layer: hits.tolist() for layer, hits in self.routing.counts.items()})
 

@@ -28,6 +28,8 @@ class Settings:
     device: str = "auto"  # auto = the GPU when there is one, else the CPU
     dtype: str = "auto"
     quantize: str = ""  # "int8": weight-only int8 projections (a quarter of fp32's bytes per decoded token)
+    prefix_cache_mb: int = 512  # KV of shared prompt prefixes (instruction, question) kept across requests; 0 = off
+    compile: bool = False  # torch.compile the model, compiled before serving (faster steady state, slow start)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     max_batch: int = 8  # requests whose coarse passes share forward passes
     queue_depth: int = 16  # requests admitted beyond the one running; more are refused at once
@@ -81,7 +83,9 @@ HELP = {
     "device": "auto (the GPU when there is one), cpu, cuda or cuda:N",
     "health_port": "plaintext port with only the health service, for probes when TLS is on (0 = off)",
     "quantize": "empty (full precision) or int8 (weight-only int8 projections)",
+    "prefix_cache_mb": "MiB of prompt-prefix KV reused across requests (0 = off)",
     "dtype": "auto (bf16 where the hardware has bf16 units), float32 or bfloat16",
+    "compile": "torch.compile the model and compile it before serving (faster, but minutes of start-up on a CPU)",
     "threads": "torch CPU threads (0 = torch's default)",
     "max_batch": "requests whose engine passes are batched together",
     "queue_depth": "requests waiting beyond the running batch; more get RESOURCE_EXHAUSTED",
@@ -120,11 +124,27 @@ def _env_name(name: str) -> str:
     return f"FOCAL_{name.upper()}"
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _boolean(raw: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off), as environment variables and flags spell them."""
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean; use true or false")
+
+
+def _parser_of(kind: type):
+    return _boolean if kind is bool else kind
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file of settings (same names as the flags, with underscores)")
     for field in fields(Settings):
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
-                            type=type(field.default),
+                            type=_parser_of(type(field.default)),
                             help=f"{HELP[field.name]} (env {_env_name(field.name)}; default: {field.default!r})")
 
 
@@ -145,7 +165,7 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         if _env_name(field.name) in environ:
             raw = environ[_env_name(field.name)]
             try:
-                values[field.name] = kind(raw)
+                values[field.name] = _parser_of(kind)(raw)
             except ValueError as exc:
                 raise ValueError(f"{_env_name(field.name)}={raw!r} is not a valid {kind.__name__}") from exc
         flag = getattr(args, field.name, None)

@@ -13,6 +13,7 @@ top-k, top-p, seed), up to ``max_new_tokens``, stopping at EOS or at the first s
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.cache import KVCache
+from engine.compiled import compile_forward
 from engine.config import ModelConfig
 from engine.loader import load
 from engine.model import CausalLM
+from engine.prefix_cache import PrefixCache
 from engine.quant import quantize_int8
 from engine.tokenizer import ChatTokenizer
 
@@ -53,20 +56,26 @@ class Engine:
     ``prefill_chunk`` is how many positions one forward covers (bounds activation memory for long
     inputs); ``max_batch_tokens`` bounds rows x padded length of one scoring batch, and
     ``max_padding`` the fraction of a batch that may be padding (length bucketing).
+    ``prefix_cache_bytes`` is the budget of the cross-call prefix KV cache (0 = off), in blocks of
+    ``prefix_block`` tokens (``engine.prefix_cache``). ``compile_model`` runs the forward through
+    ``torch.compile`` (``engine.compiled``: faster steady state, slow first calls).
     """
 
     def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, prefill_chunk: int = 2048,
-                 max_batch_tokens: int = 4096, logits_rows: int = 128, max_padding: float = 0.1) -> None:
+                 max_batch_tokens: int = 4096, logits_rows: int = 128, max_padding: float = 0.1,
+                 prefix_cache_bytes: int = 256 << 20, prefix_block: int = 16, compile_model: bool = False) -> None:
         self.model = model
+        self.forward = compile_forward(model) if compile_model else model
         self.tokenizer = tokenizer
         self.prefill_chunk = prefill_chunk
         self.max_batch_tokens = max_batch_tokens
         self.logits_rows = logits_rows
         self.max_padding = max_padding
+        self.prefix_cache = PrefixCache(prefix_cache_bytes, prefix_block)
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu", quantize: str = "", **options: int) -> Engine:
+             device: torch.device | str = "cpu", quantize: str = "", **options: int | float | bool) -> Engine:
         """Load a GGUF file or HF directory; ``None`` is the embedded default model.
         ``quantize="int8"`` stores every projection as int8 rows (``engine.quant``)."""
         if quantize not in ("", "int8"):
@@ -84,6 +93,16 @@ class Engine:
     def context_length(self) -> int:
         return self.config.max_position_embeddings
 
+    def warm_up(self) -> float:
+        """Run the kinds of forward a service makes (a prefix, a padded batch on top of it, decode
+        steps) once, so a compiled forward compiles them before traffic arrives; returns seconds."""
+        started = time.perf_counter()
+        vocab = self.config.vocab_size
+        prefix = [(7 * i + 3) % vocab for i in range(40)]
+        self.score(prefix, [prefix[:n] for n in (5, 17, 29)], entropy=False)
+        self.generate(prefix, max_new_tokens=3)
+        return time.perf_counter() - started
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
@@ -93,9 +112,25 @@ class Engine:
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run ``ids`` [B, T] through the model in chunks; return the final hidden states [B, T, H]."""
-        parts = [self.model(ids[:, start : start + self.prefill_chunk], cache)
+        parts = [self.forward(ids[:, start : start + self.prefill_chunk], cache)
                  for start in range(0, ids.shape[1], self.prefill_chunk)]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def prefill_prefix(self, ids: list[int]) -> tuple[KVCache, torch.Tensor]:
+        """A single-row cache holding ``ids`` and the last position's hidden state [1, H]. The longest
+        cached block-aligned prefix is reused, and the state at the last block boundary is stored for
+        later calls; only the tokens past the reused part are computed."""
+        device = self.model.model.embed_tokens.weight.device
+        found = self.prefix_cache.lookup(ids)
+        cache, hidden, start = found if found else (self.model.new_cache(1), None, 0)
+        aligned = self.prefix_cache.aligned(len(ids))
+        if self.prefix_cache.enabled and aligned > start:
+            hidden = self.prefill(torch.tensor([ids[start:aligned]], device=device), cache)[:, -1]
+            self.prefix_cache.store(ids[:aligned], cache, hidden)
+            start = aligned
+        if start < len(ids):
+            hidden = self.prefill(torch.tensor([ids[start:]], device=device), cache)[:, -1]
+        return cache, hidden
 
     def _row_scores(self, hidden: torch.Tensor, targets: torch.Tensor | None,
                     entropy: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -137,8 +172,7 @@ class Engine:
         prefix = self._prefix_ids(prefix)
         self._check_length(len(prefix) + max((len(c) for c in continuations), default=0))
         device = self.model.model.embed_tokens.weight.device
-        prefix_cache = self.model.new_cache(1)
-        prefix_hidden = self.prefill(torch.tensor([prefix], device=device), prefix_cache)[:, -1]
+        prefix_cache, prefix_hidden = self.prefill_prefix(prefix)
         logits = self.model.logits(prefix_hidden).float()[0]
         first = logits - torch.logsumexp(logits, dim=-1)
         first_entropy = -(first.exp() * first).sum() if entropy else torch.tensor(float("nan"))
@@ -221,9 +255,8 @@ class Engine:
         generator = torch.Generator(device=device)
         if seed is not None:
             generator.manual_seed(seed)
-        cache = self.model.new_cache(1)
+        cache, hidden = self.prefill_prefix(ids)
         cache.reserve(len(ids) + max_new_tokens)
-        hidden = self.prefill(torch.tensor([ids], device=device), cache)[:, -1]
         eos = set(self.config.eos_token_ids)
         out: list[int] = []
         text = ""
@@ -237,7 +270,7 @@ class Engine:
             hits = [text.find(s) for s in stop if s and s in text]
             if hits:
                 return Generation(text[: min(hits)], out, "stop", len(ids))
-            hidden = self.model(torch.tensor([[token]], device=device), cache)[:, -1]
+            hidden = self.forward(torch.tensor([[token]], device=device), cache)[:, -1]
         return Generation(text, out, "length", len(ids))
 
     @staticmethod

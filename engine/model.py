@@ -39,6 +39,9 @@ class RMSNorm(nn.Module):
 
 
 QUERY_BLOCK = 256
+# Up to this many token rows (decode), experts run row by row instead of through the sorted path:
+# 10% faster at one row on the real-width slice, even at two, slower beyond.
+DECODE_ROWS = 1
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
@@ -157,6 +160,8 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """x [N, H]; weights, experts [N, K] -> [N, H]. Rows are sorted by expert once, so every
         active expert runs one matmul over a contiguous slice (no per-expert masks)."""
+        if x.shape[0] <= DECODE_ROWS:
+            return self._few(x, weights, experts)
         top_k = experts.shape[1]
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
@@ -171,6 +176,16 @@ class Experts(nn.Module):
                 start += count
         out = out * weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros_like(x).index_add_(0, token_of, out)
+
+    def _few(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Decode: each row's experts applied in place, no sort, gather or scatter. The experts'
+        weights are read where they lie: gathering them into a batched matmul copies 8 experts'
+        weights per token, which measured 8-14x slower on the CPU."""
+        out = torch.zeros_like(x)
+        for row, chosen in enumerate(experts.tolist()):
+            for k, index in enumerate(chosen):
+                out[row] += weights[row, k] * self.expert(x[row : row + 1], index)[0]
+        return out
 
 
 @dataclass

@@ -80,3 +80,22 @@ def test_routing_statistics_count_every_routed_token(model):
         assert total == len(sparse) * 2 * 11 * TINY_MELLUM["num_experts_per_tok"]
     finally:
         model.track_routing(False)
+
+
+def test_single_row_expert_path_equals_sorted_path(model, ids, monkeypatch):
+    """Decode (one row) runs each routed expert in place; batches sort rows by expert. Same result,
+    and a one-sequence decode through the model matches its full forward."""
+    import engine.model as engine_model
+
+    moe = next(m for m in model.modules() if isinstance(m, engine_model.SparseMoe))
+    x = torch.randn(1, TINY_MELLUM["hidden_size"], generator=torch.Generator().manual_seed(3))
+    weights, experts = moe.gate(x)
+    with torch.no_grad():
+        few = moe.experts(x, weights, experts)
+        monkeypatch.setattr(engine_model, "DECODE_ROWS", 0)
+        sorted_path = moe.experts(x, weights, experts)
+        monkeypatch.undo()
+        torch.testing.assert_close(few, sorted_path, rtol=1e-6, atol=1e-6)
+        cache = model.new_cache(1)
+        steps = [model.logits(model(ids[:1, t : t + 1], cache)) for t in range(ids.shape[1])]
+    assert_logits_close(torch.cat(steps, dim=1), our_logits(model, ids[:1]))

@@ -22,9 +22,10 @@ from engine.loader import load_model
 from engine.quant import Int8Experts, Int8Linear, int8_matmul, quantize_int8, quantize_rows
 
 
-def test_int8_matmul_is_exact_on_the_quantised_weights() -> None:
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 4, 64), (5, 3, 64)])  # the int8 kernel and the widened matmul
+def test_int8_matmul_is_exact_on_the_quantised_weights(shape) -> None:
     torch.manual_seed(0)
-    weight, x = torch.randn(96, 64), torch.randn(5, 3, 64)
+    weight, x = torch.randn(96, 64), torch.randn(*shape)
     q, scale = quantize_rows(weight)
     assert q.dtype == torch.int8 and q.abs().max() == 127
     dequantised = q.float() * scale[:, None]

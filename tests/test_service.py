@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -252,7 +253,9 @@ def test_metrics_and_logs_carry_no_content(server):
     marker = "zebra-quartz-7781"
     try:
         with server.client() as client:
-            client.compress(f"Where is {marker}?", [("m", f"The {marker} lives in rack 9."), *CHUNKS[:2]], rate=0.5)
+            for _ in range(2):  # the second one reuses the instruction's KV from the prefix cache
+                client.compress(f"Where is {marker}?", [("m", f"The {marker} lives in rack 9."), *CHUNKS[:2]],
+                                rate=0.5, instruction="Answer from the notes below; say which note you used.")
     finally:
         log.removeHandler(handler)
     logged = stream.getvalue()
@@ -263,6 +266,9 @@ def test_metrics_and_logs_carry_no_content(server):
                  "focal_compression_ratio_bucket", "focal_queue_depth", "focal_batch_size_bucket"):
         assert name in text
     assert marker not in text
+    hits = re.search(r"^focal_prefix_cache_hits_total (\S+)$", text, re.MULTILINE)
+    reused = re.search(r"^focal_prefix_cache_reused_tokens_total (\S+)$", text, re.MULTILINE)
+    assert hits and float(hits.group(1)) >= 1 and reused and float(reused.group(1)) >= 16
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
