@@ -116,13 +116,15 @@ class Engine:
                  for start in range(0, ids.shape[1], self.prefill_chunk)]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    def prefill_prefix(self, ids: list[int]) -> tuple[KVCache, torch.Tensor]:
+    def prefill_prefix(self, ids: list[int], reserve: int = 0) -> tuple[KVCache, torch.Tensor]:
         """A single-row cache holding ``ids`` and the last position's hidden state [1, H]. The longest
         cached block-aligned prefix is reused, and the state at the last block boundary is stored for
-        later calls; only the tokens past the reused part are computed."""
+        later calls; only the tokens past the reused part are computed. Full layers are sized once for
+        ``max(reserve, len(ids))`` positions (no regrowth copies, no slack)."""
         device = self.model.model.embed_tokens.weight.device
         found = self.prefix_cache.lookup(ids)
         cache, hidden, start = found if found else (self.model.new_cache(1), None, 0)
+        cache.reserve(max(reserve, len(ids)))
         aligned = self.prefix_cache.aligned(len(ids))
         if self.prefix_cache.enabled and aligned > start:
             hidden = self.prefill(torch.tensor([ids[start:aligned]], device=device), cache)[:, -1]
@@ -255,8 +257,7 @@ class Engine:
         generator = torch.Generator(device=device)
         if seed is not None:
             generator.manual_seed(seed)
-        cache, hidden = self.prefill_prefix(ids)
-        cache.reserve(len(ids) + max_new_tokens)
+        cache, hidden = self.prefill_prefix(ids, reserve=len(ids) + max_new_tokens)
         eos = set(self.config.eos_token_ids)
         out: list[int] = []
         text = ""
