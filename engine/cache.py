@@ -40,12 +40,13 @@ class KVCache:
         stored = self.keys[layer]
         return 0 if stored is None else stored.shape[2]
 
-    def _ensure_full(self, layer: int, needed: int) -> None:
+    def _ensure_full(self, layer: int, needed: int, exact: bool = False) -> None:
+        """Room for ``needed`` positions: exactly that many when ``exact``, else grown by doubling
+        (rounded to ``_GROWTH``) so that appending stays amortised."""
         capacity = self._capacity(layer)
         if needed <= capacity:
             return
-        new_capacity = max(needed, 2 * capacity)
-        new_capacity = (new_capacity + _GROWTH - 1) // _GROWTH * _GROWTH
+        new_capacity = needed if exact else (max(needed, 2 * capacity) + _GROWTH - 1) // _GROWTH * _GROWTH
         keys, values = self._empty(new_capacity), self._empty(new_capacity)
         if capacity:
             keys[:, :, : self.offset] = self.keys[layer][:, :, : self.offset]
@@ -53,10 +54,10 @@ class KVCache:
         self.keys[layer], self.values[layer] = keys, values
 
     def reserve(self, length: int) -> None:
-        """Allocate full-layer storage for ``length`` positions at once (avoids regrowth copies)."""
+        """Allocate full-layer storage for exactly ``length`` positions at once (no regrowth copies)."""
         for layer, slides in enumerate(self.sliding):
             if not slides:
-                self._ensure_full(layer, length)
+                self._ensure_full(layer, length, exact=True)
 
     def key_positions(self, sliding: bool, new: int) -> torch.Tensor:
         """Absolute positions of the keys a layer attends over when ``new`` tokens arrive."""

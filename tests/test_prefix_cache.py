@@ -123,3 +123,14 @@ def test_default_model_reuses_a_shared_instruction(default_engine):
     warm = default_engine.score(instruction + question, passage)
     assert default_engine.prefix_cache.stats.reused_tokens - reused == len(instruction) // 16 * 16
     assert_same_scores(warm, cold.score(instruction + question, passage))
+
+
+def test_a_prefilled_prompt_holds_exactly_the_kv_formula(tiny_model, default_engine):
+    _, plain = engines(tiny_model, default_engine.tokenizer)
+    config = tiny_model.config
+    per_position = 2 * config.num_key_value_heads * config.head_dim * 4
+    full = sum(1 for kind in config.layer_types if kind == "full_attention")
+    for length, reserve in ((50, 0), (300, 0), (50, 70)):
+        cache, _ = plain.prefill_prefix(random_ids(length, length), reserve=reserve)
+        held = full * max(length, reserve) + (config.num_hidden_layers - full) * config.sliding_window
+        assert cache.nbytes() == held * per_position
