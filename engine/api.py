@@ -25,6 +25,7 @@ from engine.compiled import compile_forward
 from engine.config import ModelConfig
 from engine.loader import load
 from engine.model import CausalLM
+from engine.packed import pack_bf16, packing_available
 from engine.prefix_cache import PrefixCache
 from engine.quant import quantize_int8
 from engine.tokenizer import ChatTokenizer
@@ -77,12 +78,16 @@ class Engine:
     def load(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32,
              device: torch.device | str = "cpu", quantize: str = "", **options: int | float | bool) -> Engine:
         """Load a GGUF file or HF directory; ``None`` is the embedded default model.
-        ``quantize="int8"`` stores every projection as int8 rows (``engine.quant``)."""
+        ``quantize="int8"`` stores every projection as int8 rows (``engine.quant``); otherwise bf16
+        on a CPU gets its weights reordered for oneDNN once (``engine.packed``), unless the forward
+        is compiled (inductor cannot lower the reordered weights and would fall back to eager)."""
         if quantize not in ("", "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; use '' or 'int8'")
         model, tokenizer = load(path, dtype, device)
         if quantize == "int8":
             quantize_int8(model)
+        elif packing_available(device, dtype) and not options.get("compile_model"):
+            pack_bf16(model)
         return cls(model, tokenizer, **options)
 
     @property

@@ -1,0 +1,82 @@
+"""bf16 matmuls on the CPU with every weight reordered for oneDNN once, at load.
+
+``F.linear`` on bf16 CPU tensors hands the weight to oneDNN, which reorders it into its blocked
+layout on every call. For the row counts the engine sees (one row per decode step, tens to
+hundreds per expert in prefill) that reorder is a large share of the call: reordering once
+measured 1.05-2.2x faster per matmul on this CPU (1792x2304 weight: 1 row 0.30 -> 0.21 ms, 64 rows
+0.74 -> 0.34 ms, 1024 rows 3.65 -> 3.49 ms). The reordered weight replaces the plain one, so
+memory stays the same (a tied lm_head gets its own copy).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model import Attention, CausalLM, DenseMLP, Experts, SparseMoe
+
+# The row count oneDNN is told to expect; any count works, this one suits expert slices.
+_ROWS_HINT = 64
+
+
+def packing_available(device: torch.device | str, dtype: torch.dtype) -> bool:
+    return (torch.device(device).type == "cpu" and dtype == torch.bfloat16
+            and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), _ROWS_HINT)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.packed = pack(linear.weight)  # an opaque oneDNN tensor: a plain attribute, not a buffer
+        self.bias = linear.bias
+        self.out_features = linear.out_features
+
+    def weight_bytes(self) -> int:
+        return self.packed.numel() * self.packed.element_size()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return packed_linear(x, self.packed, self.bias)
+
+
+class PackedExperts(Experts):
+    """Each expert's two weights reordered once; routing and the sorted-slice loop are the parent's."""
+
+    def __init__(self, experts: Experts) -> None:
+        nn.Module.__init__(self)
+        self.gate_up = [pack(weight) for weight in experts.gate_up_proj]
+        self.down = [pack(weight) for weight in experts.down_proj]
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.gate_up)
+
+    def weight_bytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w in (*self.gate_up, *self.down))
+
+    def expert(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        gate, up = packed_linear(x, self.gate_up[index]).chunk(2, dim=-1)
+        return packed_linear(F.silu(gate) * up, self.down[index])
+
+
+def pack_bf16(model: CausalLM) -> CausalLM:
+    """Replace every projection of a bf16 CPU ``model`` by its reordered form, in place."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.qkv_proj, module.o_proj = PackedLinear(module.qkv_proj), PackedLinear(module.o_proj)
+        elif isinstance(module, DenseMLP):
+            module.gate_up_proj, module.down_proj = PackedLinear(module.gate_up_proj), PackedLinear(module.down_proj)
+        elif isinstance(module, SparseMoe):
+            module.experts = PackedExperts(module.experts)
+    model.lm_head = PackedLinear(model.lm_head)
+    return model
