@@ -15,6 +15,7 @@ Shape letters: B batch, T new tokens, S attended keys, H heads, D head dim, E ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -263,6 +264,21 @@ class CausalLM(nn.Module):
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def replace_projections(self, linear: Callable[[nn.Linear], nn.Module],
+                            experts: Callable[[Experts], nn.Module]) -> CausalLM:
+        """Swap every projection for another form of it, in place (int8, reordered weights): attention
+        q/k/v and o, dense MLPs, the experts of sparse layers and the lm_head. Embeddings, norms and
+        the router stay as they are."""
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.qkv_proj, module.o_proj = linear(module.qkv_proj), linear(module.o_proj)
+            elif isinstance(module, DenseMLP):
+                module.gate_up_proj, module.down_proj = linear(module.gate_up_proj), linear(module.down_proj)
+            elif isinstance(module, SparseMoe):
+                module.experts = experts(module.experts)
+        self.lm_head = linear(self.lm_head)
+        return self
 
     def track_routing(self, enabled: bool = True) -> RoutingStats | None:
         """Start (or stop) counting tokens per expert in every sparse layer."""

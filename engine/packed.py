@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model import Attention, CausalLM, DenseMLP, Experts, SparseMoe
+from engine.model import CausalLM, Experts
 
 # The row count oneDNN is told to expect; any count works, this one suits expert slices.
 _ROWS_HINT = 64
@@ -71,12 +71,4 @@ class PackedExperts(Experts):
 
 def pack_bf16(model: CausalLM) -> CausalLM:
     """Replace every projection of a bf16 CPU ``model`` by its reordered form, in place."""
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.qkv_proj, module.o_proj = PackedLinear(module.qkv_proj), PackedLinear(module.o_proj)
-        elif isinstance(module, DenseMLP):
-            module.gate_up_proj, module.down_proj = PackedLinear(module.gate_up_proj), PackedLinear(module.down_proj)
-        elif isinstance(module, SparseMoe):
-            module.experts = PackedExperts(module.experts)
-    model.lm_head = PackedLinear(model.lm_head)
-    return model
+    return model.replace_projections(PackedLinear, PackedExperts)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model import Attention, CausalLM, DenseMLP, Experts, SparseMoe
+from engine.model import CausalLM, Experts
 
 # Rows up to which the int8 kernel beats widening the weights for a regular matmul (bf16, 2 threads:
 # 1 row 0.13 vs 0.73 ms, 16 rows even, 256 rows 11.4 vs 1.5 ms on a 1792x2304 weight).
@@ -84,12 +84,4 @@ class Int8Experts(Experts):
 
 def quantize_int8(model: CausalLM) -> CausalLM:
     """Replace every projection of ``model`` by its int8 form, in place; returns the model."""
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.qkv_proj, module.o_proj = Int8Linear(module.qkv_proj), Int8Linear(module.o_proj)
-        elif isinstance(module, DenseMLP):
-            module.gate_up_proj, module.down_proj = Int8Linear(module.gate_up_proj), Int8Linear(module.down_proj)
-        elif isinstance(module, SparseMoe):
-            module.experts = Int8Experts(module.experts)
-    model.lm_head = Int8Linear(model.lm_head)
-    return model
+    return model.replace_projections(Int8Linear, Int8Experts)
