@@ -31,7 +31,7 @@ from compressor.chunker import Chunking, chunk_text
 from compressor.embedder import Embedder
 from compressor.index_errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
 from compressor.vector_index import IndexSpec, VectorIndex
-from compressor.wal import LogCorrupt, Record, WriteAheadLog, scan
+from compressor.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan
 
 log = logging.getLogger("focal")
 
@@ -130,14 +130,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IndexStore:
@@ -418,13 +410,13 @@ class IndexStore:
             manifest = {"seq": self.seq, "next_id": self.next_id, "wal_offset": self.wal.end,
                         "spec": self.spec.describe(), "namespaces": entries}
             _write_durably(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
-            _fsync_dir(staging)
+            fsync_dir(staging)
             shutil.rmtree(folder, ignore_errors=True)
             staging.rename(folder)
             pointer = {"snapshot": folder.name, "manifest_sha256": _sha256(folder / "manifest.json")}
             _write_durably(self.root / "CURRENT.tmp", json.dumps(pointer).encode())
             (self.root / "CURRENT.tmp").replace(self.root / "CURRENT")
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             for old in self.root.glob("snap-*"):
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)

@@ -32,7 +32,7 @@ class Record:
     end: int  # byte offset just past this record
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -87,7 +87,7 @@ class WriteAheadLog:
         self.end = intact
         os.lseek(self._fd, intact, os.SEEK_SET)
         if created:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def append(self, header: dict, body: bytes = b"") -> None:
         """Write one record and fsync it: when this returns, the record survives a crash."""
