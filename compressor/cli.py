@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from compressor.jsonl import jsonl_rows
 from compressor.types import METHODS, REORDERS, Chunk, CompressionInputError, CompressOptions, CompressRequest
 
 DEMO_QUESTION = "Which river flows through Paris?"
@@ -65,13 +66,7 @@ def _read_chunks(paths: list[str]) -> tuple[list[Chunk], list[dict]]:
         if path.suffix != ".jsonl":
             chunks.append(Chunk(str(path), path.read_text(errors="replace")))
             continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CompressionInputError(f"{path}:{number}", f"not valid JSON ({exc.msg})") from exc
+        for number, row in jsonl_rows(path, CompressionInputError):
             if "question" in row and "chunks" in row:
                 questions.append(row)
             elif isinstance(row.get("text"), str):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from compressor import settings as settings_module
 from compressor.index_errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
+from compressor.jsonl import jsonl_rows
 
 
 def _documents(paths: list[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
@@ -28,13 +29,7 @@ def _documents(paths: list[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
         if path.suffix != ".jsonl":
             yield str(path), path.read_text(errors="replace"), {"path": str(path)}
             continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise IndexInputError(f"{path}:{number}", f"not valid JSON ({exc.msg})") from exc
+        for number, row in jsonl_rows(path, IndexInputError):
             rows = row.get("chunks", [row])
             for item in rows:
                 if not isinstance(item.get("text"), str):
