@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,19 @@ def default_engine():
     from engine import Engine
 
     return Engine.load()
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The default model as the service runs it: the preferred dtype of this CPU (bf16 here)."""
+    from engine import Engine
+    from engine.device import preferred_dtype
+
+    return Engine.load(dtype=preferred_dtype())
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from compressor.client import FocalClient
@@ -23,8 +23,6 @@ from compressor.embedder import Embedder
 from compressor.index_store import Document, IndexStore
 from compressor.server import FocalServer
 from compressor.settings import Settings
-from engine import Engine
-from engine.device import preferred_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [
@@ -36,17 +34,6 @@ DOCUMENTS = [
      {"team": "sre"}),
     ("budget", "The error budget is 43 minutes of downtime per month for tier-one services.", {"team": "sre"}),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.load(dtype=preferred_dtype())
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +30,6 @@ from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 from compressor.server import FocalServer, log
 from compressor.settings import Settings
 from engine import Engine
-from engine.device import preferred_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = json.loads((ROOT / "examples" / "sample_request.jsonl").read_text())
@@ -42,17 +41,6 @@ PARAGRAPH = ("Release trains leave every Tuesday. Each train carries the merged 
 def slow_chunks(count: int = 120) -> list[tuple[str, str]]:
     """Enough text that one request keeps the engine busy for a few seconds."""
     return [(f"s{i}", f"Note {i}. " + PARAGRAPH * 3) for i in range(count)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine.load(dtype=preferred_dtype())
 
 
 class Running:
