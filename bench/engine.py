@@ -293,6 +293,10 @@ def kv_at(model: CausalLM, tokens: int, chunk: int = 2048, every: int = 0) -> di
     ids = torch.randint(0, config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(3))
     per_token = 2 * config.num_key_value_heads * config.head_dim * cache.dtype.itemsize
     sliding = sum(kind == "sliding_attention" for kind in config.layer_types)
+
+    def formula(n: int) -> int:
+        return ((config.num_hidden_layers - sliding) * n + sliding * config.sliding_window) * per_token
+
     on_the_way = []
     started = time.perf_counter()
     with torch.inference_mode():
@@ -300,16 +304,14 @@ def kv_at(model: CausalLM, tokens: int, chunk: int = 2048, every: int = 0) -> di
             model(ids[:, start:start + chunk], cache)
             done = min(start + chunk, tokens)
             if every and done % every == 0:
-                formula = ((config.num_hidden_layers - sliding) * done + sliding * config.sliding_window) * per_token
-                on_the_way.append({"tokens": done, "bytes": cache.nbytes(), "formula_bytes": formula,
-                                   "ratio": cache.nbytes() / formula,
+                on_the_way.append({"tokens": done, "bytes": cache.nbytes(), "formula_bytes": formula(done),
+                                   "ratio": cache.nbytes() / formula(done),
                                    "prefill_tok_s": done / (time.perf_counter() - started)})
             if start // chunk % 4 == 3:
                 progress(f"kv: {done}/{tokens} tokens, {cache.nbytes() / 2**20:.0f} MiB")
     seconds = time.perf_counter() - started
-    formula = ((config.num_hidden_layers - sliding) * tokens + sliding * config.sliding_window) * per_token
-    return {"tokens": tokens, "bytes": cache.nbytes(), "formula_bytes": formula,
-            "ratio": cache.nbytes() / formula, "prefill_tok_s": tokens / seconds, "on_the_way": on_the_way}
+    return {"tokens": tokens, "bytes": cache.nbytes(), "formula_bytes": formula(tokens),
+            "ratio": cache.nbytes() / formula(tokens), "prefill_tok_s": tokens / seconds, "on_the_way": on_the_way}
 
 
 def long_context(tokens: int) -> None:

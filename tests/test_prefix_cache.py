@@ -90,14 +90,17 @@ def test_lru_keeps_within_budget_and_evicts_least_recent(tiny_model, default_eng
     assert stats.hits == before + 2  # b was evicted
 
 
+def kv_formula_bytes(config, positions: int) -> int:
+    """(full layers x positions + sliding layers x window) x K and V x kv heads x head dim x 4 bytes (fp32)."""
+    full = sum(1 for kind in config.layer_types if kind == "full_attention")
+    held = full * positions + (config.num_hidden_layers - full) * config.sliding_window
+    return held * 2 * config.num_key_value_heads * config.head_dim * 4
+
+
 def test_entry_memory_is_the_kv_formula(tiny_model, default_engine):
     cached, _ = engines(tiny_model, default_engine.tokenizer)
     cached.score(random_ids(24, 4), [[1]])
-    config = tiny_model.config
-    per_position = 2 * config.num_key_value_heads * config.head_dim * 4  # K and V, fp32
-    full = sum(1 for kind in config.layer_types if kind == "full_attention")
-    sliding = config.num_hidden_layers - full
-    expected = (full * 24 + sliding * config.sliding_window) * per_position + config.hidden_size * 4
+    expected = kv_formula_bytes(tiny_model.config, 24) + tiny_model.config.hidden_size * 4  # + the last hidden state
     assert cached.prefix_cache.stats.bytes == expected
 
 
@@ -127,10 +130,6 @@ def test_default_model_reuses_a_shared_instruction(default_engine):
 
 def test_a_prefilled_prompt_holds_exactly_the_kv_formula(tiny_model, default_engine):
     _, plain = engines(tiny_model, default_engine.tokenizer)
-    config = tiny_model.config
-    per_position = 2 * config.num_key_value_heads * config.head_dim * 4
-    full = sum(1 for kind in config.layer_types if kind == "full_attention")
     for length, reserve in ((50, 0), (300, 0), (50, 70)):
         cache, _ = plain.prefill_prefix(random_ids(length, length), reserve=reserve)
-        held = full * max(length, reserve) + (config.num_hidden_layers - full) * config.sliding_window
-        assert cache.nbytes() == held * per_position
+        assert cache.nbytes() == kv_formula_bytes(tiny_model.config, max(length, reserve))
