@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from compressor import segment
+from compressor.text import segment
 from engine import Engine, default_model_path
 
 CACHE = Path(__file__).parent / ".cache"

@@ -24,13 +24,13 @@ import torch
 
 from bench import peers
 from bench.report import RESULTS, markdown_table, progress, write
-from compressor.compressor import Compressor
-from compressor.types import Chunk, CompressRequest
+from compressor.compression.pipeline import Compressor
+from compressor.compression.request import Chunk, CompressRequest
+from devtools.data import CODE_DEV, NQ_DEV
 from engine import Engine
 from engine.device import preferred_dtype
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-DEFAULT_DATA = {"nq": SHARED / "nq_multidoc_dev.jsonl", "code": SHARED / "code_stdlib_dev.jsonl"}
+DEFAULT_DATA = {"nq": NQ_DEV, "code": CODE_DEV}
 ALL_METHODS = ("focal_token", "focal_sentence", "focal_chunk", "llmlingua", "longllmlingua",
                "truncate", "random", "embed_sentences")
 

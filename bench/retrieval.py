@@ -15,35 +15,28 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import faiss
 import numpy as np
 
 from bench.report import RESULTS, markdown_table, progress, write
-from compressor.embedder import Embedder
-from compressor.index_store import Document, IndexStore
-from compressor.vector_index import IndexSpec, VectorIndex
+from compressor.retrieval.embedder import Embedder
+from compressor.retrieval.store import Document, IndexStore
+from compressor.retrieval.vectors import IndexSpec, VectorIndex
+from devtools.data import NQ_DEV, chunk_text, passage_id, read_rows
 
-NQ = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "nq_multidoc_dev.jsonl"
 DIM = 384
 SPECS = {"flat": IndexSpec("flat"), "ivf": IndexSpec("ivf", nlist=1024, nprobe=16),
          "hnsw": IndexSpec("hnsw", m=32, ef_construction=80, ef_search=64)}
 WIDER_SEARCH = {"ivf_nprobe64": ("ivf", {"nprobe": 64}), "hnsw_ef256": ("hnsw", {"ef_search": 256})}
 
 
-def passage_id(chunk: dict) -> str:
-    return hashlib.sha1(f"{chunk['title']}\n{chunk['text']}".encode()).hexdigest()[:16]
-
-
 def nq_recall(embedder: Embedder) -> dict:
-    rows = [json.loads(line) for line in NQ.read_text().splitlines() if line.strip()]
-    passages = {passage_id(c): f"{c['title']}\n{c['text']}" for row in rows for c in row["chunks"]}
+    rows = read_rows(NQ_DEV)
+    passages = {passage_id(chunk_text(c)): chunk_text(c) for row in rows for c in row["chunks"]}
     with tempfile.TemporaryDirectory() as folder:
         store = IndexStore(folder, embedder, snapshot_every=10**9)
         started = time.perf_counter()
@@ -54,7 +47,7 @@ def nq_recall(embedder: Embedder) -> dict:
         index_s = time.perf_counter() - started
         found = {5: 0, 20: 0}
         for row in rows:
-            gold = passage_id(next(c for c in row["chunks"] if c["is_gold"]))
+            gold = passage_id(chunk_text(next(c for c in row["chunks"] if c["is_gold"])))
             ranked = list(dict.fromkeys(h.document_id for h in store.search("nq", row["question"], 40)))
             for k in found:
                 found[k] += gold in ranked[:k]

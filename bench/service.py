@@ -22,8 +22,8 @@ import torch
 from bench.quality import DEFAULT_DATA
 from bench.report import markdown_table, progress, write
 from compressor.client import FocalClient
-from compressor.server import FocalServer
-from compressor.settings import Settings
+from compressor.service.server import FocalServer
+from compressor.service.settings import Settings
 
 
 def percentile(values: list[float], fraction: float) -> float:

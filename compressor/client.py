@@ -17,16 +17,40 @@ Errors arrive as ``grpc.RpcError`` with the server's status code and sentence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 
 METHODS = {"token": pb.METHOD_TOKEN, "sentence": pb.METHOD_SENTENCE, "chunk": pb.METHOD_CHUNK}
 REORDERS = {"original": pb.REORDER_ORIGINAL, "relevance": pb.REORDER_RELEVANCE, "edges": pb.REORDER_EDGES}
+
+
+def wait_until_serving(target: str, timeout: float = 120.0, service: str = "",
+                       alive: Callable[[], bool] = lambda: True) -> float:
+    """Poll ``grpc.health.v1`` at ``target`` (plaintext) until ``service`` reports SERVING; returns
+    the seconds waited. Raises ``TimeoutError`` after ``timeout`` seconds, and ``RuntimeError`` as
+    soon as ``alive()`` turns false (a server process that exited will never answer)."""
+    started = time.monotonic()
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if not alive():
+                raise RuntimeError(f"the server at {target} exited before it was serving")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - started
+            except grpc.RpcError:
+                pass
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"the server at {target} was not serving after {timeout:.0f} s")
+            time.sleep(0.2)
 
 
 class FocalClient:

@@ -14,7 +14,7 @@ import os
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 
-from engine.api import Engine, Generation, TokenScores
+from engine.api import Engine, EngineOptions, Generation, TokenScores
 from engine.config import ModelConfig, from_hf_dict
 from engine.errors import ConfigError, EngineError, TokenizerError, WeightsError
 from engine.loader import default_model_path, load
@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "Engine",
     "EngineError",
+    "EngineOptions",
     "Generation",
     "ModelConfig",
     "TokenScores",

@@ -51,32 +51,32 @@ class Generation:
     prompt_tokens: int
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine batches and caches; none of these change a result, only time and memory."""
+
+    prefill_chunk: int = 2048  # positions one forward covers (bounds activation memory for long inputs)
+    max_batch_tokens: int = 4096  # rows x padded length of one scoring batch
+    logits_rows: int = 128  # hidden rows projected on the vocabulary at a time
+    max_padding: float = 0.1  # fraction of a scoring batch that may be padding (length bucketing)
+    prefix_cache_bytes: int = 256 << 20  # budget of the cross-call prefix KV cache (0 = off)
+    prefix_block: int = 16  # tokens per prefix-cache block (``engine.prefix_cache``)
+    compile_model: bool = False  # run the forward through torch.compile (``engine.compiled``)
+
+
 class Engine:
-    """A loaded model with its tokenizer; batched scoring and generation on top of the KV cache.
+    """A loaded model with its tokenizer; batched scoring and generation on top of the KV cache."""
 
-    ``prefill_chunk`` is how many positions one forward covers (bounds activation memory for long
-    inputs); ``max_batch_tokens`` bounds rows x padded length of one scoring batch, and
-    ``max_padding`` the fraction of a batch that may be padding (length bucketing).
-    ``prefix_cache_bytes`` is the budget of the cross-call prefix KV cache (0 = off), in blocks of
-    ``prefix_block`` tokens (``engine.prefix_cache``). ``compile_model`` runs the forward through
-    ``torch.compile`` (``engine.compiled``: faster steady state, slow first calls).
-    """
-
-    def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, prefill_chunk: int = 2048,
-                 max_batch_tokens: int = 4096, logits_rows: int = 128, max_padding: float = 0.1,
-                 prefix_cache_bytes: int = 256 << 20, prefix_block: int = 16, compile_model: bool = False) -> None:
+    def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, options: EngineOptions | None = None) -> None:
+        self.options = options = options or EngineOptions()
         self.model = model
-        self.forward = compile_forward(model) if compile_model else model
+        self.forward = compile_forward(model) if options.compile_model else model
         self.tokenizer = tokenizer
-        self.prefill_chunk = prefill_chunk
-        self.max_batch_tokens = max_batch_tokens
-        self.logits_rows = logits_rows
-        self.max_padding = max_padding
-        self.prefix_cache = PrefixCache(prefix_cache_bytes, prefix_block)
+        self.prefix_cache = PrefixCache(options.prefix_cache_bytes, options.prefix_block)
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu", quantize: str = "", **options: int | float | bool) -> Engine:
+             device: torch.device | str = "cpu", quantize: str = "", options: EngineOptions | None = None) -> Engine:
         """Load a GGUF file or HF directory; ``None`` is the embedded default model.
         ``quantize="int8"`` stores every projection as int8 rows (``engine.quant``); otherwise bf16
         on a CPU gets its weights reordered for oneDNN once (``engine.packed``), unless the forward
@@ -86,9 +86,9 @@ class Engine:
         model, tokenizer = load(path, dtype, device)
         if quantize == "int8":
             quantize_int8(model)
-        elif packing_available(device, dtype) and not options.get("compile_model"):
+        elif packing_available(device, dtype) and not (options and options.compile_model):
             pack_bf16(model)
-        return cls(model, tokenizer, **options)
+        return cls(model, tokenizer, options)
 
     @property
     def config(self) -> ModelConfig:
@@ -117,8 +117,8 @@ class Engine:
 
     def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run ``ids`` [B, T] through the model in chunks; return the final hidden states [B, T, H]."""
-        parts = [self.forward(ids[:, start : start + self.prefill_chunk], cache)
-                 for start in range(0, ids.shape[1], self.prefill_chunk)]
+        parts = [self.forward(ids[:, start : start + self.options.prefill_chunk], cache)
+                 for start in range(0, ids.shape[1], self.options.prefill_chunk)]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def prefill_prefix(self, ids: list[int], reserve: int = 0) -> tuple[KVCache, torch.Tensor]:
@@ -153,9 +153,9 @@ class Engine:
     def _gather(self, hidden: torch.Tensor, targets: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of hidden [N, H] against ``targets`` [N], ``logits_rows`` rows at a time (bounded memory)."""
         logprobs, entropies = [], []
-        for start in range(0, hidden.shape[0], self.logits_rows):
-            lp, ent = self._row_scores(hidden[start : start + self.logits_rows],
-                                       targets[start : start + self.logits_rows], entropy)
+        for start in range(0, hidden.shape[0], self.options.logits_rows):
+            lp, ent = self._row_scores(hidden[start : start + self.options.logits_rows],
+                                       targets[start : start + self.options.logits_rows], entropy)
             logprobs.append(lp)
             entropies.append(ent if ent is not None else torch.full_like(lp, float("nan")))
         return torch.cat(logprobs), torch.cat(entropies)
@@ -193,13 +193,14 @@ class Engine:
         """Indices grouped into right-padded batches: sorted by length, a new batch whenever padding
         would exceed ``max_padding`` of the batch or its tokens would exceed ``max_batch_tokens``."""
         order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
+        limit, padding = self.options.max_batch_tokens, self.options.max_padding
         batches: list[list[int]] = []
         batch: list[int] = []
         real = 0
         for index in order:
             length = len(continuations[index])
             padded = (len(batch) + 1) * length
-            if batch and (padded > self.max_batch_tokens or padded - real - length > self.max_padding * padded):
+            if batch and (padded > limit or padded - real - length > padding * padded):
                 batches.append(batch)
                 batch, real = [], 0
             batch.append(index)

@@ -126,6 +126,13 @@ class ModelConfig:
         """Bytes of K and V one layer stores for one position."""
         return 2 * self.num_key_value_heads * self.head_dim * dtype_bytes
 
+    def kv_cache_bytes(self, positions: int, dtype_bytes: int) -> int:
+        """Bytes of K and V a cache holds at ``positions`` positions when sized exactly: full layers
+        keep every position, sliding layers a ring of ``sliding_window``."""
+        sliding = sum(kind == SLIDING for kind in self.layer_types)
+        held = (self.num_hidden_layers - sliding) * positions + sliding * (self.sliding_window or 0)
+        return held * self.kv_bytes_per_token(dtype_bytes)
+
 
 def _require(d: dict[str, Any], name: str) -> Any:
     if name not in d or d[name] is None:

@@ -12,7 +12,7 @@ from engine import tokenizer as tokenizers
 from engine.config import ModelConfig, from_hf_dict
 from engine.errors import ConfigError, EngineError, WeightsError
 from engine.gguf_read import GGUFFile, config_from_gguf, read_tensors
-from engine.model import CausalLM
+from engine.model import CausalLM, ForwardOptions
 from engine.tokenizer import ChatTokenizer
 from engine.weights import assign, read_safetensors
 
@@ -45,10 +45,10 @@ def read_hf_config(directory: Path) -> ModelConfig:
 
 
 def build_model(config: ModelConfig, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                device: torch.device | str = "cpu") -> CausalLM:
+                device: torch.device | str = "cpu", options: ForwardOptions | None = None) -> CausalLM:
     """Build the model on the meta device, then assign the checkpoint's tensors (no random init)."""
     with torch.device("meta"):
-        model = CausalLM(config)
+        model = CausalLM(config, options)
     assign(model, tensors, config, dtype)
     on_meta = [name for name, p in model.named_parameters() if p.is_meta]
     if on_meta:
@@ -64,15 +64,15 @@ def _resolve(path: str | Path | None) -> Path:
 
 
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> CausalLM:
+               device: torch.device | str = "cpu", options: ForwardOptions | None = None) -> CausalLM:
     """The model alone (no tokenizer) from a GGUF file or an HF directory."""
     path = _resolve(path)
     if path.is_dir():
         config = read_hf_config(path)
-        return build_model(config, read_safetensors(path), dtype, device)
+        return build_model(config, read_safetensors(path), dtype, device, options)
     gguf = GGUFFile(path)
     config = config_from_gguf(gguf)
-    return build_model(config, read_tensors(gguf, config), dtype, device)
+    return build_model(config, read_tensors(gguf, config), dtype, device, options)
 
 
 def load(path: str | Path | None = None, dtype: torch.dtype = torch.float32,

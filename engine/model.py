@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.cache import KVCache
+from engine.cache import KVCache, LayerKV, RingKV
 from engine.config import SLIDING, SPARSE, ModelConfig
 from engine.rope import RotaryEmbedding, apply_rotary
 
@@ -39,14 +39,18 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-QUERY_BLOCK = 256
-# Up to this many token rows (decode), experts run row by row instead of through the sorted path:
-# 10% faster at one row on the real-width slice, even at two, slower beyond.
-DECODE_ROWS = 1
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How the forward is cut up; the result is the same whatever the values (tests vary them)."""
+
+    query_block: int = 256  # queries per attention block in a long run (see ``attend``)
+    # Up to this many token rows (decode), experts run row by row instead of through the sorted
+    # path: faster at one row on the real-width slice, even at two, slower beyond.
+    decode_rows: int = 1
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-           window: int | None) -> torch.Tensor:
+           window: int | None, query_block: int) -> torch.Tensor:
     """Causal attention of q [B, H, T, D] over keys/values [B, Hkv, S, D] whose last T are q's own.
 
     ``mask`` None means plain causal with T == S (SDPA's own causal kernel skips the upper
@@ -58,11 +62,11 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     if mask is None:
         return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
     new, total = q.shape[2], keys.shape[2]
-    if new <= QUERY_BLOCK:
+    if new <= query_block:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
     blocks = []
-    for start in range(0, new, QUERY_BLOCK):
-        end = min(start + QUERY_BLOCK, new)
+    for start in range(0, new, query_block):
+        end = min(start + query_block, new)
         last = total - new + end
         first = 0 if window is None or start < window - 1 else total - new + start - window + 1
         blocks.append(F.scaled_dot_product_attention(
@@ -72,9 +76,10 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, window: int | None) -> None:
+    def __init__(self, config: ModelConfig, window: int | None, query_block: int) -> None:
         super().__init__()
         self.window = window
+        self.query_block = query_block
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -92,9 +97,8 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor,
-        cache: KVCache,
-        layer: int,
+        mask: torch.Tensor | None,
+        kv: LayerKV,
     ) -> torch.Tensor:
         batch, new, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
@@ -107,8 +111,8 @@ class Attention(nn.Module):
         cos, sin = rope
         q = apply_rotary(q.transpose(1, 2), cos, sin)  # [B, H, T, D]
         k = apply_rotary(k.transpose(1, 2), cos, sin)
-        keys, values = cache.update(layer, k, v)
-        out = attend(q, keys, values, mask, self.window)
+        keys, values = kv.update(k, v)
+        out = attend(q, keys, values, mask, self.window, self.query_block)
         return self.o_proj(out.transpose(1, 2).reshape(batch, new, -1))
 
 
@@ -143,8 +147,9 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """All experts' SwiGLU weights as 3-D tensors (transformers' fused layout)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, decode_rows: int) -> None:
         super().__init__()
+        self.decode_rows = decode_rows
         e, i, h = config.num_experts, config.moe_intermediate_size, config.hidden_size
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
         self.down_proj = nn.Parameter(torch.empty(e, h, i))
@@ -159,10 +164,14 @@ class Experts(nn.Module):
         return F.linear(F.silu(gate) * up, self.down_proj[index])
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """x [N, H]; weights, experts [N, K] -> [N, H]. Rows are sorted by expert once, so every
-        active expert runs one matmul over a contiguous slice (no per-expert masks)."""
-        if x.shape[0] <= DECODE_ROWS:
-            return self._few(x, weights, experts)
+        """x [N, H]; weights, experts [N, K] -> [N, H]: row by row up to ``decode_rows`` rows, else sorted."""
+        if x.shape[0] <= self.decode_rows:
+            return self.row_by_row(x, weights, experts)
+        return self.sorted_by_expert(x, weights, experts)
+
+    def sorted_by_expert(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Rows are sorted by expert once, so every active expert runs one matmul over a contiguous
+        slice (no per-expert masks)."""
         top_k = experts.shape[1]
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)
@@ -178,7 +187,7 @@ class Experts(nn.Module):
         out = out * weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros_like(x).index_add_(0, token_of, out)
 
-    def _few(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    def row_by_row(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """Decode: each row's experts applied in place, no sort, gather or scatter. The experts'
         weights are read where they lie: gathering them into a batched matmul copies 8 experts'
         weights per token, which measured 8-14x slower on the CPU."""
@@ -204,10 +213,10 @@ class RoutingStats:
 
 
 class SparseMoe(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, decode_rows: int) -> None:
         super().__init__()
         self.gate = Router(config)
-        self.experts = Experts(config)
+        self.experts = Experts(config, decode_rows)
         self.stats: RoutingStats | None = None
         self.layer = -1
 
@@ -221,39 +230,39 @@ class SparseMoe(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, index: int) -> None:
+    def __init__(self, config: ModelConfig, index: int, options: ForwardOptions) -> None:
         super().__init__()
         self.attention_type = config.layer_types[index]
         window = config.sliding_window if self.attention_type == SLIDING else None
-        self.self_attn = Attention(config, window)
+        self.self_attn = Attention(config, window, options.query_block)
         if config.mlp_layer_types[index] == SPARSE:
-            self.mlp: nn.Module = SparseMoe(config)
+            self.mlp: nn.Module = SparseMoe(config, options.decode_rows)
             self.mlp.layer = index
         else:
             self.mlp = DenseMLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, rope, mask, cache: KVCache, layer: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+    def forward(self, x, rope, mask, kv: LayerKV) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, options: ForwardOptions) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, options) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class CausalLM(nn.Module):
     """Decoder plus lm_head. ``forward`` returns final hidden states; ``logits`` projects them."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, options: ForwardOptions | None = None) -> None:
         super().__init__()
         self.config = config
-        self.model = DecoderModel(config)
+        self.model = DecoderModel(config, options or ForwardOptions())
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         with torch.device("cpu"):  # real tables even when the weights are built on the meta device
             self.rotary = nn.ModuleDict(
@@ -288,30 +297,30 @@ class CausalLM(nn.Module):
                 layer.mlp.stats = self.routing_stats
         return self.routing_stats
 
-    def _mask(self, cache: KVCache, kind: str, new: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """Additive mask [T, S] shared by every layer of ``kind``; None when plain causal suffices."""
-        window = self.config.sliding_window if kind == SLIDING else None
-        if cache.offset == 0 and (window is None or new <= window):
+    def _mask(self, kv: LayerKV, new: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive mask [T, S] shared by every layer of ``kv``'s kind; None when plain causal suffices."""
+        window = kv.window if isinstance(kv, RingKV) else None
+        if kv.offset == 0 and (window is None or new <= window):
             return None
-        queries = torch.arange(cache.offset, cache.offset + new, device=cache.device)[:, None]
-        keys = cache.key_positions(kind == SLIDING, new)[None, :]
+        device = kv.shape.device
+        queries = torch.arange(kv.offset, kv.offset + new, device=device)[:, None]
+        keys = kv.key_positions(new)[None, :]
         allowed = (keys <= queries) & (keys >= 0)
         if window is not None:
             allowed &= keys > queries - window
-        return torch.zeros(allowed.shape, dtype=dtype, device=cache.device).masked_fill_(~allowed, float("-inf"))
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run ``input_ids`` [B, T] at positions ``cache.offset`` onwards; return hidden [B, T, H]."""
         new = input_ids.shape[1]
         x = self.model.embed_tokens(input_ids)
         positions = torch.arange(cache.offset, cache.offset + new, device=x.device)
-        kinds = set(self.config.layer_types)
-        ropes = {kind: self.rotary[kind](positions, x.dtype) for kind in kinds}
-        masks = {kind: self._mask(cache, kind, new, x.dtype) for kind in kinds}
-        for index, layer in enumerate(self.model.layers):
+        one_of_kind = {layer.attention_type: kv for layer, kv in zip(self.model.layers, cache.layers)}
+        ropes = {kind: self.rotary[kind](positions, x.dtype) for kind in one_of_kind}
+        masks = {kind: self._mask(kv, new, x.dtype) for kind, kv in one_of_kind.items()}
+        for layer, kv in zip(self.model.layers, cache.layers):
             kind = layer.attention_type
-            x = layer(x, ropes[kind], masks[kind], cache, index)
-        cache.advance(new)
+            x = layer(x, ropes[kind], masks[kind], kv)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -319,5 +328,5 @@ class CausalLM(nn.Module):
 
     def new_cache(self, batch: int = 1) -> KVCache:
         param = self.model.embed_tokens.weight
-        return KVCache(self.config, batch, param.dtype, param.device)
+        return KVCache.for_model(self.config, batch, param.dtype, param.device)
 

@@ -54,6 +54,7 @@ class PackedExperts(Experts):
 
     def __init__(self, experts: Experts) -> None:
         nn.Module.__init__(self)
+        self.decode_rows = experts.decode_rows
         self.gate_up = [pack(weight) for weight in experts.gate_up_proj]
         self.down = [pack(weight) for weight in experts.down_proj]
 

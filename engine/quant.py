@@ -65,6 +65,7 @@ class Int8Experts(Experts):
 
     def __init__(self, experts: Experts) -> None:
         nn.Module.__init__(self)
+        self.decode_rows = experts.decode_rows
         dtype = experts.gate_up_proj.dtype
         gate_up, gate_up_scale = quantize_rows(experts.gate_up_proj)
         down, down_scale = quantize_rows(experts.down_proj)

@@ -3,35 +3,20 @@ multi-document QA and stdlib code), or the repository's sample request where tho
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
-FALLBACK = ROOT / "examples" / "sample_request.jsonl"
+from devtools.data import SAMPLE_REQUEST, SHARED_DATA, chunk_text, passage_id, read_rows
 
 
 def data_files() -> list[Path]:
-    shared = sorted(SHARED.glob("*.jsonl"))
-    return shared or [FALLBACK]
+    shared = sorted(SHARED_DATA.glob("*.jsonl"))
+    return shared or [SAMPLE_REQUEST]
 
 
 def load_rows(paths: list[Path] | None = None) -> list[dict]:
     """Rows of ``{"question", "chunks": [{"title"?, "text"}]}``."""
-    rows = []
-    for path in paths or data_files():
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
-
-
-def chunk_text(chunk: dict) -> str:
-    return f"{chunk['title']}\n{chunk['text']}" if chunk.get("title") else chunk["text"]
-
-
-def passage_id(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    return [row for path in paths or data_files() for row in read_rows(path)]
 
 
 def passages(rows: list[dict], limit: int) -> list[tuple[str, str]]:

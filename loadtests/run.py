@@ -25,8 +25,6 @@ import argparse
 import csv
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,13 +32,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from compressor.client import FocalClient
+from devtools.data import ROOT
+from devtools.ports import free_port
+from devtools.server_process import ServerProcess
 from loadtests.payloads import load_rows, passages
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
 
@@ -64,55 +61,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A ``focal serve`` child process on loopback."""
-
-    def __init__(self, port: int, data_dir: Path, settings: dict[str, str], log_path: Path) -> None:
-        self.port, self.data_dir, self.settings, self.log_path = port, data_dir, settings, log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180) -> float:
-        """Start and wait until healthy; returns the seconds it took."""
-        started = time.monotonic()
-        env = {**os.environ, "FOCAL_HOST": "127.0.0.1", "FOCAL_PORT": str(self.port), "FOCAL_METRICS_PORT": "0",
-               "FOCAL_DATA_DIR": str(self.data_dir), "FOCAL_LOG_LEVEL": "WARNING", **self.settings}
-        with self.log_path.open("a") as log_file:
-            self.process = subprocess.Popen([sys.executable, "-m", "compressor", "serve"], cwd=ROOT, env=env,
-                                            stdout=log_file, stderr=log_file)
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        health = health_pb2_grpc.HealthStub(channel)
-        try:
-            while time.monotonic() - started < timeout:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited with status {self.process.returncode}; see {self.log_path}")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return time.monotonic() - started
-                except grpc.RpcError:
-                    time.sleep(0.2)
-            raise TimeoutError(f"the server was not healthy after {timeout} s; see {self.log_path}")
-        finally:
-            channel.close()
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 def seed(port: int, count: int) -> None:
     corpus = passages(load_rows(), count)
     with FocalClient(f"127.0.0.1:{port}", timeout=300) as client:
@@ -130,7 +78,7 @@ def read_stats(prefix: Path) -> tuple[dict[str, dict[str, str]], list[dict[str, 
 
 
 def lost_upserts(data_dir: Path, acknowledged: list[str]) -> int:
-    from compressor.index_store import IndexStore
+    from compressor.retrieval.store import IndexStore
 
     store = IndexStore(data_dir)
     try:
@@ -145,7 +93,8 @@ def run_scenario(scenario: Scenario, users: int, duration: int, p95_ms: float | 
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix=f"focal-{scenario.name}-"))
     port = free_port()
-    server = Server(port, data_dir, scenario.server, out / f"{scenario.name}_server.log")
+    settings = {"FOCAL_DATA_DIR": str(data_dir), "FOCAL_LOG_LEVEL": "WARNING", **scenario.server}
+    server = ServerProcess(port, settings, out / f"{scenario.name}_server.log")
     log(f"{scenario.name}: starting the server on 127.0.0.1:{port}")
     server.start()
     seed(port, seed_passages)

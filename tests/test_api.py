@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import Engine
+from engine import Engine, EngineOptions
 from engine.loader import load_model
 from engine.tokenizer import ChatTokenizer
 
@@ -13,7 +13,8 @@ from engine.tokenizer import ChatTokenizer
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_fused_dir, default_engine) -> Engine:
     # The tiny model has no tokenizer of its own; scoring works on ids, so any tokenizer will do.
-    return Engine(load_model(tiny_fused_dir), default_engine.tokenizer, prefill_chunk=5, max_batch_tokens=40)
+    return Engine(load_model(tiny_fused_dir), default_engine.tokenizer,
+                  EngineOptions(prefill_chunk=5, max_batch_tokens=40))
 
 
 def full_forward_logprobs(model, ids: list[int]) -> torch.Tensor:
@@ -113,5 +114,5 @@ def test_length_buckets_bound_padding_and_cover_every_row(tiny_engine):
     for batch in batches:
         longest = max(lengths[i] for i in batch)
         padded = longest * len(batch)
-        assert padded <= tiny_engine.max_batch_tokens or len(batch) == 1
-        assert padded - sum(lengths[i] for i in batch) <= tiny_engine.max_padding * padded
+        assert padded <= tiny_engine.options.max_batch_tokens or len(batch) == 1
+        assert padded - sum(lengths[i] for i in batch) <= tiny_engine.options.max_padding * padded

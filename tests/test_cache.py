@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MELLUM, assert_logits_close, our_logits
+from conftest import assert_logits_close, our_logits
 
+from devtools.mellum import TINY_MELLUM
 from engine.loader import load_model
 
 
@@ -43,26 +44,26 @@ def test_sliding_layers_hold_window_positions_while_full_layers_grow(model):
         for _ in range(100):
             model(torch.randint(0, 100, (1, 1)), cache)
             for layer in sliding:
-                assert cache.stored_positions(layer) == window
+                assert cache.layers[layer].stored_positions == window
     assert cache.offset == 100
     for layer in full:
-        assert 100 <= cache.stored_positions(layer) < 100 + 256
-    expected = (len(full) * cache.stored_positions(full[0]) + len(sliding) * window) * per_position
+        assert 100 <= cache.layers[layer].stored_positions < 100 + 256
+    expected = (len(full) * cache.layers[full[0]].stored_positions + len(sliding) * window) * per_position
     assert cache.nbytes() == expected
 
 
 def test_reserve_avoids_regrowth(model):
     cache = model.new_cache(1)
     cache.reserve(1000)
-    before = cache.keys[3].data_ptr()
+    before = cache.layers[3].keys.data_ptr()
     with torch.no_grad():
         model(torch.randint(0, 100, (1, 600)), cache)
         model(torch.randint(0, 100, (1, 300)), cache)
-    assert cache.keys[3].data_ptr() == before
+    assert cache.layers[3].keys.data_ptr() == before
 
 
 def test_routing_statistics_count_every_routed_token(model):
-    from compressor.metrics import Metrics
+    from compressor.service.metrics import Metrics
 
     stats = model.track_routing()
     try:
@@ -82,7 +83,7 @@ def test_routing_statistics_count_every_routed_token(model):
         model.track_routing(False)
 
 
-def test_single_row_expert_path_equals_sorted_path(model, ids, monkeypatch):
+def test_single_row_expert_path_equals_sorted_path(model, ids):
     """Decode (one row) runs each routed expert in place; batches sort rows by expert. Same result,
     and a one-sequence decode through the model matches its full forward."""
     import engine.model as engine_model
@@ -92,9 +93,7 @@ def test_single_row_expert_path_equals_sorted_path(model, ids, monkeypatch):
     weights, experts = moe.gate(x)
     with torch.no_grad():
         few = moe.experts(x, weights, experts)
-        monkeypatch.setattr(engine_model, "DECODE_ROWS", 0)
-        sorted_path = moe.experts(x, weights, experts)
-        monkeypatch.undo()
+        sorted_path = moe.experts.sorted_by_expert(x, weights, experts)
         torch.testing.assert_close(few, sorted_path, rtol=1e-6, atol=1e-6)
         cache = model.new_cache(1)
         steps = [model.logits(model(ids[:1, t : t + 1], cache)) for t in range(ids.shape[1])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import Engine
+from engine import Engine, EngineOptions
 from engine.compiled import compile_forward
 from engine.loader import load_model
 
@@ -23,8 +23,8 @@ def scores(engine: Engine) -> list[torch.Tensor]:
 
 
 def test_compiled_engine_matches_eager(tiny_model, default_engine):
-    eager = Engine(tiny_model, default_engine.tokenizer, prefix_cache_bytes=0)
-    compiled = Engine(tiny_model, default_engine.tokenizer, prefix_cache_bytes=0, compile_model=True)
+    eager = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
+    compiled = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0, compile_model=True))
     assert compiled.forward is not tiny_model
     for ours, reference in zip(scores(compiled), scores(eager), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
@@ -37,8 +37,8 @@ def test_a_failing_compiler_falls_back_to_eager(tiny_model, default_engine):
         calls.append(len(example_inputs))
         raise RuntimeError("this backend cannot compile anything")
 
-    eager = Engine(tiny_model, default_engine.tokenizer, prefix_cache_bytes=0)
-    fallback = Engine(tiny_model, default_engine.tokenizer, prefix_cache_bytes=0)
+    eager = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
+    fallback = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
     fallback.forward = compile_forward(tiny_model, backend=broken_backend)
     for ours, reference in zip(scores(fallback), scores(eager), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from compressor.cli import main
-from compressor.compressor import Compressor
-from compressor.types import Chunk, CompressionInputError, CompressOptions, CompressRequest
+from compressor.compression.pipeline import Compressor
+from compressor.compression.request import Chunk, CompressionInputError, CompressOptions, CompressRequest
 from engine import Engine
 from engine.device import preferred_dtype
 
@@ -197,7 +197,7 @@ def test_empty_query_token_method_uses_plain_surprisal(compressor, sample):
 
 
 def test_contrastive_score_is_available(sample):
-    from compressor.compressor import Tuning
+    from compressor.compression.pipeline import Tuning
 
     contrastive = Compressor(Engine.load(dtype=preferred_dtype()), Tuning(contrast=1.0))
     result = contrastive.compress(request_of(sample, rate=0.3, method="token"))

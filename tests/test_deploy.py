@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from compressor import settings as settings_module
+from compressor.service import settings as settings_module
 
 CHART = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "focal"
 VALUE_SETS = {path.stem.removesuffix("-values"): yaml.safe_load(path.read_text())

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MELLUM, assert_logits_close, our_logits
+from conftest import assert_logits_close, our_logits
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
+from devtools.gguf_write import write_gguf
+from devtools.mellum import TINY_MELLUM
 from engine.config import from_hf_dict
 from engine.errors import WeightsError
 from engine.gguf_read import GGUFFile, config_from_gguf, dequantize, read_tensors
-from engine.gguf_write import write_gguf
 from engine.loader import build_model, load_model
 from engine.weights import checkpoint_state
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compressor.chunker import Chunking, chunk_text
-from compressor.embedder import Embedder
-from compressor.index_errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
-from compressor.index_store import Document, IndexStore, rebuild
-from compressor.vector_index import IndexSpec, VectorIndex
-from compressor.wal import LogCorrupt, WriteAheadLog, scan
+from compressor.retrieval.chunker import Chunking, chunk_text
+from compressor.retrieval.embedder import Embedder
+from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
+from compressor.retrieval.store import Document, IndexStore, rebuild
+from compressor.retrieval.vectors import IndexSpec, VectorIndex
+from compressor.retrieval.wal import LogCorrupt, WriteAheadLog, scan
 
 EN_RIVER = {"lang": "en", "kind": "river"}
 RIVERS = [

@@ -4,27 +4,22 @@ acknowledges upserts loses none of them and repeats none."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import free_port
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from compressor.client import FocalClient
-from compressor.embedder import Embedder
-from compressor.index_store import Document, IndexStore
-from compressor.server import FocalServer
-from compressor.settings import Settings
+from compressor.retrieval.embedder import Embedder
+from compressor.retrieval.store import Document, IndexStore
+from compressor.service.server import FocalServer
+from compressor.service.settings import Settings
+from devtools.ports import free_port
+from devtools.server_process import ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [
     ("canary", "Canary analysis compares the new release on 5% of traffic with the baseline for 15 minutes "
                "before the rollout continues.", {"team": "release"}),
@@ -130,22 +125,11 @@ def test_embedder_change_is_failed_precondition(engine, tmp_path):
         changed.drain()
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "FOCAL_DATA_DIR": str(data_dir), "FOCAL_PORT": str(port), "FOCAL_METRICS_PORT": "0",
-           "FOCAL_SNAPSHOT_EVERY": "5", "FOCAL_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "compressor", "serve"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return process
-        except grpc.RpcError:
-            time.sleep(0.2)
-        assert process.poll() is None, "the server exited during start"
-    raise TimeoutError("the server did not become healthy")
+def _start(data_dir: Path, port: int) -> ServerProcess:
+    server = ServerProcess(port, {"FOCAL_DATA_DIR": str(data_dir), "FOCAL_SNAPSHOT_EVERY": "5",
+                                  "FOCAL_LOG_LEVEL": "WARNING"})
+    server.start(timeout=120)
+    return server
 
 
 def test_sigkill_loses_no_acknowledged_upsert(tmp_path):
@@ -153,7 +137,7 @@ def test_sigkill_loses_no_acknowledged_upsert(tmp_path):
     acknowledged: dict[str, int] = {}  # document id -> chunks the server acknowledged
     chance = random.Random(7)
     for round_number in range(3):
-        process = _start(data_dir, port)
+        server = _start(data_dir, port)
         stop = threading.Event()
 
         def write(round_number: int = round_number, stop: threading.Event = stop) -> None:
@@ -175,12 +159,11 @@ def test_sigkill_loses_no_acknowledged_upsert(tmp_path):
         writer = threading.Thread(target=write)
         writer.start()
         time.sleep(chance.uniform(1.0, 3.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        server.kill()
         stop.set()
         writer.join(timeout=30)
     assert len(acknowledged) > 20
-    process = _start(data_dir, port)  # restart: replays the log
+    server = _start(data_dir, port)  # restart: replays the log
     try:
         with FocalClient(f"127.0.0.1:{port}") as client:
             stats = {s.name: s for s in client.stats().namespaces}["crash"]
@@ -192,8 +175,7 @@ def test_sigkill_loses_no_acknowledged_upsert(tmp_path):
                 words = " ".join(h.text for h in sorted(hits, key=lambda h: h.chunk)).split()
                 assert words == acknowledged[doc_id].split()
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        server.kill()
     store = IndexStore(data_dir)  # the files themselves: every acknowledged text, exactly as acknowledged
     space = store.namespaces["crash"]
     assert set(acknowledged) <= set(space.documents)

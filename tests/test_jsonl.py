@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compressor.index_errors import IndexInputError
-from compressor.jsonl import jsonl_rows
-from compressor.types import CompressionInputError
+from compressor.cli.jsonl import jsonl_rows
+from compressor.compression.request import CompressionInputError
+from compressor.retrieval.errors import IndexInputError
 
 
 @pytest.mark.parametrize("error", [CompressionInputError, IndexInputError])

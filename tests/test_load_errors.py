@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_MELLUM, write_checkpoint
 
+from devtools.mellum import TINY_MELLUM, write_checkpoint
 from engine import ConfigError, EngineError, WeightsError, from_hf_dict
 from engine.loader import load_model
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MELLUM, our_logits
+from conftest import our_logits
 
-from engine import Engine
+from devtools.mellum import TINY_MELLUM
+from engine import Engine, EngineOptions
 from engine.loader import load_model
 from engine.packed import PackedExperts, PackedLinear, pack_bf16, packing_available
 
@@ -39,5 +40,5 @@ def test_engine_packs_bf16_on_the_cpu_only_when_not_quantised_or_compiled(defaul
     assert isinstance(Engine.load(dtype=torch.bfloat16).model.lm_head, PackedLinear)
     assert not isinstance(default_engine.model.lm_head, PackedLinear)  # fp32
     assert not isinstance(Engine.load(dtype=torch.bfloat16, quantize="int8").model.lm_head, PackedLinear)
-    compiled = Engine.load(dtype=torch.bfloat16, compile_model=True)
+    compiled = Engine.load(dtype=torch.bfloat16, options=EngineOptions(compile_model=True))
     assert isinstance(compiled.model.lm_head, torch.nn.Linear)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FULL, SLIDING, TINY_MELLUM, assert_logits_close, hf_mellum, our_logits
+from conftest import assert_logits_close, our_logits
 
-import engine.model
+from devtools.mellum import FULL, SLIDING, TINY_MELLUM, hf_mellum, mellum_slice
 from engine.config import from_hf_dict
 from engine.loader import build_model, load_model
+from engine.model import ForwardOptions
 
 
 def reference_logits(hf, ids: torch.Tensor) -> torch.Tensor:
@@ -36,10 +37,9 @@ def test_tiny_mellum_chunked_prefill_matches_transformers(ids, tiny_hf, tiny_fus
 
 
 @pytest.mark.parametrize("block,chunk", [(4, None), (5, 13), (3, 7), (16, 30)])
-def test_query_blocks_match_transformers(monkeypatch, ids, tiny_hf, tiny_fused_dir, block, chunk):
+def test_query_blocks_match_transformers(ids, tiny_hf, tiny_fused_dir, block, chunk):
     """Long query runs are split into blocks that skip keys outside the causal band and the window."""
-    monkeypatch.setattr(engine.model, "QUERY_BLOCK", block)
-    model = load_model(tiny_fused_dir)
+    model = load_model(tiny_fused_dir, options=ForwardOptions(query_block=block))
     assert_logits_close(our_logits(model, ids, chunk=chunk), reference_logits(tiny_hf, ids))
 
 
@@ -59,18 +59,7 @@ def test_yarn_and_window_matter(ids, tiny_hf, tiny_fused_dir):
 def test_real_width_slice_matches_transformers():
     """Real Mellum2 widths (hidden 2304, 32/4 heads, 64 experts top-8, expert width 896, vocab 98304),
     two layers (sliding sparse + full dense), random weights."""
-    config = {
-        **TINY_MELLUM,
-        "vocab_size": 98304, "hidden_size": 2304, "intermediate_size": 7168, "num_hidden_layers": 2,
-        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "sliding_window": 16,
-        "num_experts": 64, "num_experts_per_tok": 8, "moe_intermediate_size": 896,
-        "max_position_embeddings": 131072,
-        "layer_types": [SLIDING, FULL], "mlp_layer_types": ["sparse", "dense"],
-    }
-    config["rope_parameters"] = {
-        FULL: {**TINY_MELLUM["rope_parameters"][FULL], "original_max_position_embeddings": 8192},
-        SLIDING: TINY_MELLUM["rope_parameters"][SLIDING],
-    }
+    config = mellum_slice([SLIDING, FULL], ["sparse", "dense"], sliding_window=16)
     hf = hf_mellum(config, seed=3)
     model = build_model(from_hf_dict(config), dict(hf.state_dict()), torch.float32)
     torch.manual_seed(4)

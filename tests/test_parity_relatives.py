@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MELLUM, assert_logits_close, our_logits, write_checkpoint
+from conftest import assert_logits_close, our_logits
 
+from devtools.mellum import TINY_MELLUM, write_checkpoint
 from engine.loader import load_model
 
 COMMON = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,

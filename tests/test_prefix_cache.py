@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import Engine
+from engine import Engine, EngineOptions
 from engine.loader import load_model
 from engine.prefix_cache import PrefixCache, boundary_hashes
 
@@ -17,8 +17,9 @@ def tiny_model(tiny_fused_dir):
 
 def engines(model, tokenizer, budget: int = 64 << 20) -> tuple[Engine, Engine]:
     """The same model with a prefix cache of blocks of 4 (window 8: entries hold wrapped rings) and without."""
-    cached = Engine(model, tokenizer, prefill_chunk=7, max_batch_tokens=40, prefix_cache_bytes=budget, prefix_block=4)
-    plain = Engine(model, tokenizer, prefill_chunk=7, max_batch_tokens=40, prefix_cache_bytes=0)
+    cached = Engine(model, tokenizer, EngineOptions(prefill_chunk=7, max_batch_tokens=40, prefix_cache_bytes=budget,
+                                                  prefix_block=4))
+    plain = Engine(model, tokenizer, EngineOptions(prefill_chunk=7, max_batch_tokens=40, prefix_cache_bytes=0))
     return cached, plain
 
 
@@ -90,17 +91,10 @@ def test_lru_keeps_within_budget_and_evicts_least_recent(tiny_model, default_eng
     assert stats.hits == before + 2  # b was evicted
 
 
-def kv_formula_bytes(config, positions: int) -> int:
-    """(full layers x positions + sliding layers x window) x K and V x kv heads x head dim x 4 bytes (fp32)."""
-    full = sum(1 for kind in config.layer_types if kind == "full_attention")
-    held = full * positions + (config.num_hidden_layers - full) * config.sliding_window
-    return held * 2 * config.num_key_value_heads * config.head_dim * 4
-
-
 def test_entry_memory_is_the_kv_formula(tiny_model, default_engine):
     cached, _ = engines(tiny_model, default_engine.tokenizer)
     cached.score(random_ids(24, 4), [[1]])
-    expected = kv_formula_bytes(tiny_model.config, 24) + tiny_model.config.hidden_size * 4  # + the last hidden state
+    expected = tiny_model.config.kv_cache_bytes(24, 4) + tiny_model.config.hidden_size * 4  # + the last hidden state
     assert cached.prefix_cache.stats.bytes == expected
 
 
@@ -119,7 +113,7 @@ def test_default_model_reuses_a_shared_instruction(default_engine):
     instruction = default_engine.encode("You answer questions about the passages below, citing them exactly.\n\n")
     question = default_engine.encode("Question: Where is the Eiffel Tower?\n\n")
     passage = [default_engine.encode("The Eiffel Tower stands on the Champ de Mars in Paris.")]
-    cold = Engine(default_engine.model, default_engine.tokenizer, prefix_cache_bytes=0)
+    cold = Engine(default_engine.model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
     default_engine.prefix_cache.clear()
     reused = default_engine.prefix_cache.stats.reused_tokens
     default_engine.score(instruction, passage)
@@ -132,4 +126,4 @@ def test_a_prefilled_prompt_holds_exactly_the_kv_formula(tiny_model, default_eng
     _, plain = engines(tiny_model, default_engine.tokenizer)
     for length, reserve in ((50, 0), (300, 0), (50, 70)):
         cache, _ = plain.prefill_prefix(random_ids(length, length), reserve=reserve)
-        assert cache.nbytes() == kv_formula_bytes(tiny_model.config, max(length, reserve))
+        assert cache.nbytes() == tiny_model.config.kv_cache_bytes(max(length, reserve), 4)

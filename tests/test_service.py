@@ -6,11 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
@@ -27,8 +23,10 @@ from hypothesis import strategies as st
 from compressor.client import FocalClient
 from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
-from compressor.server import FocalServer, log
-from compressor.settings import Settings
+from compressor.service.server import FocalServer, log
+from compressor.service.settings import Settings
+from devtools.ports import free_port
+from devtools.server_process import ServerProcess
 from engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,31 +293,25 @@ def test_server_alive_after_the_storm(server):
 
 
 def test_sigterm_drains(tmp_path):
-    port, metrics = free_port(), free_port()
-    env = {**os.environ, "FOCAL_PORT": str(port), "FOCAL_METRICS_PORT": str(metrics), "FOCAL_DRAIN_SECONDS": "30"}
-    process = subprocess.Popen([sys.executable, "-m", "compressor", "serve", "--host", "127.0.0.1"], cwd=ROOT,
-                               env=env, stderr=subprocess.PIPE, text=True)
+    port, metrics, log_path = free_port(), free_port(), tmp_path / "server.log"
+    server = ServerProcess(port, {"FOCAL_METRICS_PORT": str(metrics), "FOCAL_DRAIN_SECONDS": "30"}, log_path)
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=60)
-        health = health_pb2_grpc.HealthStub(channel)
-        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
-        client = FocalClient(f"127.0.0.1:{port}")
+        server.start(timeout=60)
+        client = FocalClient(server.target)
         in_flight = client.stub.Compress.future(
             pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks(60)], rate=0.5),
             timeout=120)
         time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
+        server.terminate()
         time.sleep(0.3)
         with pytest.raises(grpc.RpcError) as caught:
             client.compress("q", CHUNKS[:2], rate=0.5, timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert in_flight.result().usage.compressed_tokens > 0  # nothing acknowledged is lost
-        assert process.wait(timeout=60) == 0
-        lines = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+        assert server.process.wait(timeout=60) == 0
+        lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
         assert [e["event"] for e in lines if e["event"] in ("serving", "draining", "stopped")] == \
             ["serving", "draining", "stopped"]
     finally:
-        if process.poll() is None:
-            process.kill()
+        server.kill()
 

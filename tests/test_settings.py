@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from compressor.settings import Settings, add_arguments, resolve
+from compressor.service.settings import Settings, add_arguments, resolve
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> Settings:

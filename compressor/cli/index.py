@@ -16,9 +16,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from compressor import settings as settings_module
-from compressor.index_errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
-from compressor.jsonl import jsonl_rows
+from compressor.cli.jsonl import jsonl_rows
+from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
+from compressor.service import settings as settings_module
 
 
 def _documents(paths: list[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
@@ -52,14 +52,14 @@ def _filter(pairs: list[str]) -> dict[str, str]:
 
 class _Local:
     def __init__(self, settings: settings_module.Settings) -> None:
-        from compressor.server import open_store
+        from compressor.retrieval.opening import open_store
 
         if not settings.data_dir:
             raise IndexInputError("--data-dir", "is required (or --target to use a running server)")
-        self.store = open_store(settings)
+        self.store = open_store(settings.store_config())
 
     def upsert(self, namespace, batch):
-        from compressor.index_store import Document
+        from compressor.retrieval.store import Document
 
         return self.store.upsert(namespace, [Document(*d) for d in batch])
 
@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_module.resolve(args)
         if args.action == "rebuild":
-            from compressor.index_store import rebuild
+            from compressor.retrieval.store import rebuild
 
             print(json.dumps(rebuild(settings.data_dir, settings.index_spec()), indent=1))
             return 0

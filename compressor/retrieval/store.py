@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.chunker import Chunking, chunk_text
-from compressor.embedder import Embedder
-from compressor.index_errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
-from compressor.vector_index import IndexSpec, VectorIndex
-from compressor.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan
+from compressor.retrieval.chunker import Chunking, chunk_text
+from compressor.retrieval.embedder import Embedder
+from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
+from compressor.retrieval.vectors import IndexSpec, VectorIndex
+from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan
 
 log = logging.getLogger("focal")
 

@@ -15,16 +15,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from compressor.compressor import Compressor
-from compressor.types import CompressRequest, CompressResult
+from compressor.compression.pipeline import Compressor
+from compressor.compression.request import CompressRequest, CompressResult
 
 
 class QueueFull(Exception):
     """Every admission slot is taken."""
 
+    def __init__(self, capacity: int) -> None:
+        super().__init__(f"server busy: all {capacity} admission slots are taken; retry with backoff")
+
 
 class Draining(Exception):
     """The server is shutting down and takes no new work."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is draining (shutting down); retry on another replica")
 
 
 class Abandoned(Exception):
@@ -32,7 +38,9 @@ class Abandoned(Exception):
 
 
 @dataclass(eq=False)
-class Job:
+class Ticket:
+    """One admitted request: its deadline, and its result or error once the worker is done."""
+
     request: CompressRequest
     deadline: float | None  # time.monotonic() after which nobody waits for the result
     enqueued: float = field(default_factory=time.monotonic)
@@ -53,7 +61,7 @@ class Scheduler:
         self.compressor = compressor
         self.max_batch = max_batch
         self.capacity = max_batch + queue_depth
-        self._queue: deque[Job] = deque()
+        self._queue: deque[Ticket] = deque()
         self._admitted = 0
         self._draining = False
         self._condition = threading.Condition()
@@ -69,19 +77,19 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, request: CompressRequest, deadline: float | None) -> Job:
-        job = Job(request, deadline)
+    def submit(self, request: CompressRequest, deadline: float | None) -> Ticket:
+        job = Ticket(request, deadline)
         with self._condition:
             if self._draining:
                 raise Draining()
             if self._admitted >= self.capacity:
-                raise QueueFull()
+                raise QueueFull(self.capacity)
             self._admitted += 1
             self._queue.append(job)
             self._condition.notify()
         return job
 
-    def cancel(self, job: Job) -> None:
+    def cancel(self, job: Ticket) -> None:
         """Give up on ``job``: out of the queue at once if it waits there; dropped at the next stage if running."""
         with self._condition:
             if job.done.is_set():
@@ -95,12 +103,12 @@ class Scheduler:
         with self._condition:
             self._draining = True
 
-    def _release(self, job: Job, error: BaseException | None = None) -> None:
+    def _release(self, job: Ticket, error: BaseException | None = None) -> None:
         job.error = error
         self._admitted -= 1
         job.done.set()
 
-    def _take(self) -> list[Job]:
+    def _take(self) -> list[Ticket]:
         with self._condition:
             while not self._queue:
                 self._condition.wait()
@@ -113,7 +121,7 @@ class Scheduler:
                     self._release(job, Abandoned())
             return batch
 
-    def _compress(self, batch: list[Job]) -> list[CompressResult | BaseException | None]:
+    def _compress(self, batch: list[Ticket]) -> list[CompressResult | BaseException | None]:
         """Compress a batch together; if that fails, each request alone, so one bad request
         cannot fail the others (its error goes to its own handler)."""
         by_request = {id(job.request): job for job in batch}

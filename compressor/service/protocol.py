@@ -7,9 +7,15 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 
+from compressor.compression.request import (
+    Chunk,
+    CompressionInputError,
+    CompressOptions,
+    CompressRequest,
+    CompressResult,
+)
 from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
-from compressor.settings import Settings
-from compressor.types import Chunk, CompressionInputError, CompressOptions, CompressRequest, CompressResult
+from compressor.service.settings import Settings
 
 _METHODS = {pb.METHOD_UNSPECIFIED: "token", pb.METHOD_TOKEN: "token", pb.METHOD_SENTENCE: "sentence",
             pb.METHOD_CHUNK: "chunk"}

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from compressor.vector_index import IndexSpec
+    from compressor.retrieval.opening import StoreConfig
+    from compressor.retrieval.vectors import IndexSpec
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,20 @@ class Settings:
         return self.auth_token
 
     def index_spec(self) -> IndexSpec:
-        from compressor.vector_index import IndexSpec  # faiss only where retrieval is on
+        from compressor.retrieval.vectors import IndexSpec  # faiss only where retrieval is on
 
         return IndexSpec(self.index_type, self.ivf_nlist, self.ivf_nprobe, self.hnsw_m, self.hnsw_ef_construction,
                          self.hnsw_ef_search)
+
+    def store_config(self) -> StoreConfig:
+        """How to open ``data_dir`` as the retrieval index (faiss only where retrieval is on)."""
+        from compressor.retrieval.chunker import Chunking
+        from compressor.retrieval.opening import StoreConfig
+        from compressor.retrieval.store import Limits
+
+        return StoreConfig(self.data_dir, self.embedder, self.embedder_dim, self.embed_batch, self.index_spec(),
+                           Chunking(self.chunk_chars, self.chunk_overlap),
+                           Limits(self.max_documents, self.max_document_chars, self.max_top_k), self.snapshot_every)
 
 
 HELP = {

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compressor.types import CompressionInputError
+from compressor.compression.request import CompressionInputError
 from engine import Engine
 
 QUESTION_SUFFIX = "\n\nQuestion: {query}"

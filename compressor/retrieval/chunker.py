@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from compressor.segment import lines, looks_like_code, sentences
+from compressor.text.segment import lines, looks_like_code, sentences
 
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
@@ -31,22 +31,22 @@ class Chunking:
 
 
 @dataclass(frozen=True)
-class _Unit:
+class _Piece:
     text: str  # with the whitespace that separates it from the unit before (kept when joined)
     code: bool
     block: int  # index of the paragraph or code block the unit belongs to
 
 
-def _units(text: str) -> list[_Unit]:
+def _pieces(text: str) -> list[_Piece]:
     """Sentences of prose and lines of code, in order; each block's first unit starts with a blank line."""
-    units: list[_Unit] = []
+    units: list[_Piece] = []
 
     def block(part: str, code: bool, spans) -> None:
         pieces = [s.text(part) for s in spans]
         if pieces:
             pieces[0] = "\n\n" + pieces[0].lstrip("\n" if code else None)
             number = units[-1].block + 1 if units else 0
-            units.extend(_Unit(piece, code, number) for piece in pieces)
+            units.extend(_Piece(piece, code, number) for piece in pieces)
 
     def prose(part: str) -> None:
         for paragraph in _PARAGRAPH_BREAK.split(part):
@@ -63,19 +63,19 @@ def _units(text: str) -> list[_Unit]:
     return units
 
 
-def _hard_split(unit: _Unit, limit: int) -> list[_Unit]:
+def _hard_split(unit: _Piece, limit: int) -> list[_Piece]:
     """A unit longer than a chunk, cut at the last space before the limit (or at the limit)."""
     pieces, rest = [], unit.text
     while len(rest.strip()) > limit:
         lead = len(rest) - len(rest.lstrip())
         cut = rest.rfind(" ", lead, lead + limit)
         cut = cut if cut > lead + limit // 2 else lead + limit
-        pieces.append(_Unit(rest[:cut], unit.code, unit.block))
+        pieces.append(_Piece(rest[:cut], unit.code, unit.block))
         rest = " " + rest[cut:].lstrip(" ")
-    return [*pieces, _Unit(rest, unit.code, unit.block)] if rest.strip() else pieces
+    return [*pieces, _Piece(rest, unit.code, unit.block)] if rest.strip() else pieces
 
 
-def _render(units: list[_Unit]) -> str:
+def _render(units: list[_Piece]) -> str:
     text = "".join(u.text for u in units).lstrip("\n")
     return text.rstrip() if units[0].code else text.strip()
 
@@ -84,10 +84,10 @@ def chunk_text(text: str, chunking: Chunking = Chunking()) -> list[str]:
     """The chunks of ``text`` in order; empty for blank text."""
     limit = chunking.max_chars
     chunks: list[str] = []
-    current: list[_Unit] = []
+    current: list[_Piece] = []
     fresh = 0  # units of ``current`` not yet in any chunk (the rest is overlap)
 
-    def size(units: list[_Unit]) -> int:
+    def size(units: list[_Piece]) -> int:
         return len(_render(units)) if units else 0
 
     def flush() -> None:
@@ -98,8 +98,8 @@ def chunk_text(text: str, chunking: Chunking = Chunking()) -> list[str]:
             current = kept if size(kept) <= limit // 2 else []
             fresh = 0
 
-    units = _units(text)
-    blocks: dict[int, list[_Unit]] = {}
+    units = _pieces(text)
+    blocks: dict[int, list[_Piece]] = {}
     for unit in units:
         blocks.setdefault(unit.block, []).append(unit)
     for unit in units:

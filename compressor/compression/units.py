@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from compressor import segment
-from compressor.signals import ChunkTokens
+from compressor.compression.scoring import ChunkTokens
+from compressor.text import segment
 
 
 @dataclass
-class Unit:
+class ScoredUnit:
     span: segment.Span
     cost: int  # tokens of the chunk's own tokenisation that start inside the unit
     importance: float
@@ -27,7 +27,7 @@ def token_importance(chunk: ChunkTokens, contrast: float) -> torch.Tensor:
 
 
 def units_of(text: str, chunk: ChunkTokens, importance: torch.Tensor, granularity: str,
-             force: set[str]) -> list[Unit]:
+             force: set[str]) -> list[ScoredUnit]:
     """Cut ``text`` into units and give each its token cost and importance.
 
     granularity: ``word`` (prose words, importance = max over tokens: one surprising token makes
@@ -57,11 +57,11 @@ def units_of(text: str, chunk: ChunkTokens, importance: torch.Tensor, granularit
             score = values.mean().item()
         body = span.text(text).strip()
         forced = body in force or (code and segment.is_signature(span.text(text)))
-        units.append(Unit(span, token - first, score, forced))
+        units.append(ScoredUnit(span, token - first, score, forced))
     return units
 
 
-def choose(units: list[Unit], allotment: int) -> list[int]:
+def choose(units: list[ScoredUnit], allotment: int) -> list[int]:
     """Indices of the units to keep: forced ones, then the most important that fit; in text order."""
     kept = [i for i, u in enumerate(units) if u.forced]
     used = sum(units[i].cost for i in kept)
@@ -74,7 +74,7 @@ def choose(units: list[Unit], allotment: int) -> list[int]:
     return sorted(kept)
 
 
-def render(text: str, units: list[Unit], kept: list[int]) -> str:
+def render(text: str, units: list[ScoredUnit], kept: list[int]) -> str:
     """The kept units joined in order. Where a dropped unit separated two kept ones that would
     otherwise touch (``run `cmd``` losing the backtick), a space keeps them apart."""
     pieces: list[str] = []

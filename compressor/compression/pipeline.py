@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from compressor import budget
-from compressor.select import Unit, choose, render, token_importance, units_of
-from compressor.signals import ChunkTokens, SignalScorer
-from compressor.types import ChunkResult, CompressRequest, CompressResult
+from compressor.compression import budget
+from compressor.compression.request import ChunkResult, CompressRequest, CompressResult
+from compressor.compression.scoring import ChunkTokens, SignalScorer
+from compressor.compression.units import ScoredUnit, choose, render, token_importance, units_of
 from engine import Engine
 
 
@@ -31,7 +31,7 @@ class Tuning:
     """Knobs of the token/sentence methods (defaults tuned on the NQ and code dev sets)."""
 
     density: float = 0.7  # average fraction of its tokens an admitted chunk keeps
-    steepness: float = 2.0  # how fast the kept fraction falls with rank (see compressor.budget)
+    steepness: float = 2.0  # how fast the kept fraction falls with rank (see compressor.compression.budget)
     # Weight of the question's effect on a token's probability (LongLLMLingua's contrastive score).
     # It changed no answer on the dev sets and costs the question-free log-probabilities of every
     # token, so it is off by default.
@@ -49,8 +49,8 @@ def _edges(order: list[int]) -> list[int]:
 
 
 @dataclass
-class _Job:
-    """One request between its stages."""
+class _Staged:
+    """One request between its stages (tokenised and budgeted, waiting for the shared ranking pass)."""
 
     request: CompressRequest
     texts: list[str]
@@ -84,7 +84,7 @@ class Compressor:
         for request in requests:
             request.validate()
         jobs = [self._prepare(request) for request in requests]
-        by_instruction: dict[str, list[_Job]] = {}
+        by_instruction: dict[str, list[_Staged]] = {}
         for job in jobs:
             if alive(job.request):
                 by_instruction.setdefault(job.request.options.instruction, []).append(job)
@@ -96,7 +96,7 @@ class Compressor:
                 job.timings["rank"] = time.perf_counter() - started
         return [self._finish(job) if alive(job.request) else None for job in jobs]
 
-    def _prepare(self, request: CompressRequest) -> _Job:
+    def _prepare(self, request: CompressRequest) -> _Staged:
         clock = time.perf_counter()
         texts = [c.text for c in request.chunks]
         tokens = self.scorer.tokenize(texts)
@@ -105,11 +105,11 @@ class Compressor:
             int(request.rate * original) if request.rate is not None else min(request.target_tokens, original))
         duplicate_of = self._duplicates(request)
         unique = [i for i in range(len(texts)) if i not in duplicate_of]
-        job = _Job(request, texts, tokens, original, target, duplicate_of, unique, clock)
+        job = _Staged(request, texts, tokens, original, target, duplicate_of, unique, clock)
         job.timings["tokenize"] = time.perf_counter() - clock
         return job
 
-    def _finish(self, job: _Job) -> CompressResult:
+    def _finish(self, job: _Staged) -> CompressResult:
         request, texts, tokens, target = job.request, job.texts, job.tokens, job.target
         options = request.options
         sizes = [len(t.ids) for t in tokens]
@@ -124,7 +124,7 @@ class Compressor:
         job.timings["fine"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        units: dict[int, list[Unit]] = {}
+        units: dict[int, list[ScoredUnit]] = {}
         kept: dict[int, list[int]] = {}
         force = {t.strip() for t in options.force_tokens if t.strip()}
         granularity = "word" if request.method == "token" else "sentence"
@@ -182,7 +182,8 @@ class Compressor:
             return _edges(kept_by_rank)
         return sorted(kept_by_rank)
 
-    def _fit(self, order: list[int], rank_of: dict[int, int], chosen: dict[int, str], units: dict[int, list[Unit]],
+    def _fit(self, order: list[int], rank_of: dict[int, int], chosen: dict[int, str],
+             units: dict[int, list[ScoredUnit]],
              kept: dict[int, list[int]], texts: list[str], target: int, separator: str) -> str:
         """Join the chosen texts; while the real token count exceeds the target, drop the least
         important unit (or, when only whole chunks are left, the worst-ranked chunk)."""

@@ -1,0 +1,109 @@
+"""Engine speed against transformers (and llama.cpp, when installed) on identical weights, in one run.
+
+Models: (a) a real-width Mellum2 slice (hidden 2304, 32/4 heads, 64 experts top-8 of width 896,
+vocab 98304; 4 layers: 3 sliding + 1 full, all sparse; random weights), shared tensor-for-tensor
+with transformers' ``MellumForCausalLM``; (b) the default model (SmolLM2-135M-Instruct GGUF), read
+by each side from the same file.
+
+Each side runs in every dtype it offers here (ours: fp32, bf16 with weights reordered for oneDNN
+once, int8 weights with bf16 activations, and for the default model bf16 (not reordered) and int8
+under ``torch.compile``; transformers: fp32,
+bf16) and each figure compares the fastest variant of each side (the table says which). Sides
+alternate inside every repeat and the best repeat counts, so machine noise hits all alike. Prefill
+computes logits for the last position only; decode is the median step after a 512-token prompt.
+Ratios are ours/theirs in speed: above 1 means we are faster.
+
+Also measured in the same run: the machine's matmul FLOP/s and copy bandwidth (fp32, bf16), our
+prefill at 2048 as a fraction of the FLOP/s limit (active FLOPs per token x tokens/s) and our
+decode as a fraction of the bandwidth limit (weight bytes read per token / time per token), and
+the KV cache's bytes at 32K tokens of the slice against (full layers x n + sliding layers x
+window) x per-token size. llama.cpp (``llama-cpp-python``, 2 threads) runs the same weights as
+GGUF: the slice in F32, BF16 and Q8_0, the default model's own Q4_1 file. And the prefix cache:
+scoring after a shared 1024-token prefix, recomputed against cached. The ratios are plotted in
+``bench/results/engine.png``.
+
+    python -m bench.engine [--threads 2] [--repeats 3] [--decode-steps 16] [--quick]
+    python -m bench.engine --long 131072     # only: prefill the slice to 128K, KV bytes on the way
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.engine.kv import kv_at, long_context
+from bench.engine.limits import active_flops_per_token, decode_weight_bytes, machine_limits
+from bench.engine.llamacpp import llamacpp_available, llamacpp_files, measure_llamacpp
+from bench.engine.models import MELLUM_SLICE, OURS_BF16, OURS_FP32, default_sides, mellum_sides, mellum_state
+from bench.engine.prefix import prefix_reuse
+from bench.engine.report import report
+from bench.engine.variants import fastest, measure
+from bench.report import progress, write
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="no 8192 prefill, no 32K KV, no llama.cpp")
+    parser.add_argument("--long", type=int, default=0, metavar="TOKENS",
+                        help="only the long-context run: prefill the slice to TOKENS (e.g. 131072)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.long:
+        long_context(args.long)
+        return
+    limits = machine_limits(args.threads)
+    raw: dict[str, dict[str, dict[str, float]]] = {}
+    extra: dict[str, object] = {"limits": limits}
+    folder = Path(tempfile.mkdtemp(prefix="focal-bench-"))
+    for label in ("mellum", "default"):
+        state = mellum_state() if label == "mellum" else None
+        sides = mellum_sides(state) if label == "mellum" else default_sides()
+        vocab = MELLUM_SLICE["vocab_size"] if label == "mellum" else sides[OURS_FP32].model.config.vocab_size
+        progress(f"{label}: measuring {', '.join(v.label for v in sides)}, alternating")
+        figures = measure(sides, vocab, (512, 2048), args.repeats, args.decode_steps)
+        ours_best = fastest(figures, "ours", "prefill_2048_tok_s")
+        theirs_best = fastest(figures, "transformers", "prefill_2048_tok_s")
+        config = sides[OURS_FP32].model.config
+        flops = active_flops_per_token(config, 2048)
+        peak = limits[f"matmul_gflops_{'fp32' if ours_best.precision == 'fp32' else 'bf16'}"] * 1e9
+        extra[f"{label}_roofline_fraction_prefill_2048"] = flops * figures[ours_best]["prefill_2048_tok_s"] / peak
+        decode_best = fastest(figures, "ours", "decode_ms_per_token", higher=False)
+        bytes_read = decode_weight_bytes(sides[decode_best].model)
+        extra[f"{label}_bandwidth_fraction_decode"] = (
+            bytes_read / (figures[decode_best]["decode_ms_per_token"] / 1000) / (limits["copy_gb_s"] * 1e9))
+        extra[f"{label}_decode_weight_bytes"] = {v.label: decode_weight_bytes(side.model) for v, side in sides.items()
+                                                 if v.side == "ours"}
+        if label == "mellum" and not args.quick:
+            # Two repeats: the first builds oneDNN's kernels for the new expert-slice shapes, on both sides.
+            long = measure({ours_best: sides[ours_best], theirs_best: sides[theirs_best]}, vocab, (8192,), 2, 1)
+            for name in long:
+                figures[name]["prefill_8192_tok_s"] = long[name]["prefill_8192_tok_s"]
+            extra["mellum_kv_32k"] = kv_at(sides[OURS_BF16].model, 32768)
+            progress(f"kv at 32K: {extra['mellum_kv_32k']}")
+        if label == "default":
+            extra["default_prefix_reuse"] = prefix_reuse(sides[OURS_BF16].model)
+        for variant in [v for v in sides if v.side == "transformers" or v == OURS_FP32]:
+            del sides[variant]
+        gc.collect()
+        if not args.quick and llamacpp_available():
+            files = llamacpp_files(label, state, folder)
+            del state  # the slice's fp32 tensors: llama.cpp's files take their place in memory
+            gc.collect()
+            figures.update(measure_llamacpp(files, sides, vocab, args.threads, args.repeats, args.decode_steps))
+            for path in folder.glob("*.gguf"):
+                path.unlink()
+        raw[label] = figures
+        del sides
+        gc.collect()
+    write("engine", *report(raw, extra, args))
+
+
+if __name__ == "__main__":
+    main()
