@@ -62,8 +62,14 @@ def mellum_slice(layer_types: list[str] | None = None, mlp_layer_types: list[str
     }
 
 
+def _std(shape: torch.Size) -> float:
+    """Matrices of unit-ish output (norms are drawn near 1 instead)."""
+    return 0.5 / shape[-1] ** 0.5 if len(shape) > 1 else 0.1
+
+
 def random_state(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights in transformers' layout for ``config``: norms near 1, matrices of unit-ish output."""
+    """Random weights in transformers' layout for ``config``, made without building the model (the
+    real-width slice would need its 8.5 GB twice): norms near 1, matrices of unit-ish output."""
     from transformers import MellumConfig, MellumForCausalLM
 
     generator = torch.Generator().manual_seed(seed)
@@ -72,21 +78,28 @@ def random_state(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     state = {}
     for name, param in skeleton.named_parameters():
         noise = torch.randn(param.shape, generator=generator)
-        if "norm" in name:
-            state[name] = 1.0 + 0.1 * noise
-        else:
-            state[name] = noise * (0.5 / param.shape[-1] ** 0.5 if param.dim() > 1 else 0.1)
+        state[name] = 1.0 + 0.1 * noise if "norm" in name else noise * _std(param.shape)
     return state
 
 
 def hf_mellum(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32,
               state: dict[str, torch.Tensor] | None = None):
-    """transformers' MellumForCausalLM holding ``state`` (random weights of ``seed`` when not given)."""
+    """transformers' MellumForCausalLM holding ``state``, or random weights of the same kind drawn in
+    place after ``torch.manual_seed(seed)`` (the draw the parity and bf16 tests were written against)."""
     from transformers import MellumConfig, MellumForCausalLM
 
+    if state is None:
+        torch.manual_seed(seed)
+        model = MellumForCausalLM(MellumConfig(**config)).eval()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.copy_(1.0 + 0.1 * torch.randn_like(param))
+                else:
+                    param.normal_(0.0, _std(param.shape))
+        return model.to(dtype)
     with torch.device("meta"):
         model = MellumForCausalLM(MellumConfig(**config))
-    state = state if state is not None else random_state(config, seed)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
     model.model.rotary_emb = type(model.model.rotary_emb)(model.config)  # real tables, not meta
     return model.eval()
