@@ -299,7 +299,7 @@ def test_sigterm_drains(tmp_path):
         server.start(timeout=60)
         client = FocalClient(server.target)
         in_flight = client.stub.Compress.future(
-            pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks(60)], rate=0.5),
+            pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks(24)], rate=0.5),
             timeout=120)
         time.sleep(0.5)
         server.terminate()
