@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, TokenType
 from gguf import quants as gguf_quants
 
 from engine.config import FULL, SLIDING, SPARSE, ModelConfig
@@ -93,9 +93,9 @@ def _add_metadata(writer: GGUFWriter, config: ModelConfig, arch: str) -> None:
         writer.add_float32(f"{arch}.rope.scaling.yarn_beta_slow", full.beta_slow)
         if full.attention_factor is not None:
             writer.add_float32(f"{arch}.rope.scaling.attn_factor", full.attention_factor)
+    writer.add_array(f"{arch}.attention.sliding_window_pattern", [t == SLIDING for t in config.layer_types])
     if SLIDING in config.layer_types:
         writer.add_uint32(f"{arch}.attention.sliding_window", config.sliding_window)
-        writer.add_array(f"{arch}.attention.sliding_window_pattern", [t == SLIDING for t in config.layer_types])
         writer.add_float32(f"{arch}.rope.freq_base_swa", config.rope[SLIDING].theta)
     if SPARSE in config.mlp_layer_types:
         writer.add_uint32(f"{arch}.expert_count", config.num_experts)
@@ -149,14 +149,20 @@ def _encode(value: torch.Tensor, qtype: GGMLQuantizationType) -> tuple[np.ndarra
 
 def write_gguf(path: Path, config: ModelConfig, tensors: dict[str, torch.Tensor],
                qtype: GGMLQuantizationType = GGMLQuantizationType.F32,
-               tokenizer: ChatTokenizer | None = None, name: str = "focal-export") -> None:
-    """Write ``tensors`` (HF names, experts fused) as a GGUF file llama.cpp can load."""
+               tokenizer: ChatTokenizer | None = None, name: str = "focal-export",
+               overrides: dict[str, str | int] | None = None) -> None:
+    """Write ``tensors`` (HF names, experts fused) as a GGUF file llama.cpp can load. ``overrides``
+    replaces metadata values after they are written (a string, or an integer as uint32): how the
+    tests make a file that says something the reader must refuse."""
     arch = _MODEL_TYPE_TO_ARCH[config.model_type]
     writer = GGUFWriter(str(path), arch)
     writer.add_name(name)
     _add_metadata(writer, config, arch)
     if tokenizer is not None:
         _add_tokenizer(writer, tokenizer, config.vocab_size)
+    for key, value in (overrides or {}).items():
+        kind = GGUFValueType.STRING if isinstance(value, str) else GGUFValueType.UINT32
+        writer.add_key_value(key, value, kind)
     for name_, value in gguf_tensors(config, tensors).items():
         kind = GGMLQuantizationType.F32 if value.dim() == 1 or name_.endswith(_KEEP_F32) else qtype
         array, raw_type = _encode(value, kind)

@@ -16,7 +16,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 from engine.api import Engine, EngineOptions, Generation, TokenScores
 from engine.config import ModelConfig, from_hf_dict
-from engine.errors import ConfigError, EngineError, TokenizerError, WeightsError
+from engine.errors import ConfigError, EngineError, Interrupted, TokenizerError, WeightsError
 from engine.loader import default_model_path, load
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "EngineError",
     "EngineOptions",
     "Generation",
+    "Interrupted",
     "ModelConfig",
     "TokenScores",
     "TokenizerError",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from engine.cache import KVCache
 from engine.compiled import compile_forward
 from engine.config import ModelConfig
+from engine.errors import Interrupted
 from engine.loader import load
 from engine.model import CausalLM
 from engine.packed import pack_bf16, packing_available
@@ -41,6 +43,24 @@ class TokenScores:
 
     def perplexity(self) -> float:
         return math.exp(-self.logprobs.mean().item()) if self.token_ids else float("nan")
+
+
+# Asked between batches and prefill chunks; True abandons the work (``Interrupted``).
+StopCheck = Callable[[], bool]
+
+
+def _checkpoint(stop: StopCheck | None) -> None:
+    if stop is not None and stop():
+        raise Interrupted("the caller stopped the work (cancelled, or past its deadline)")
+
+
+@dataclass
+class _Prefix:
+    """A scored prefix shared by every row of a ``score`` call."""
+
+    cache: KVCache
+    first: torch.Tensor  # log-probabilities of the first continuation token [V]
+    first_entropy: torch.Tensor
 
 
 @dataclass
@@ -115,10 +135,13 @@ class Engine:
         if length > self.context_length:
             raise ValueError(f"{length} tokens exceed the model's context of {self.context_length}")
 
-    def prefill(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run ``ids`` [B, T] through the model in chunks; return the final hidden states [B, T, H]."""
-        parts = [self.forward(ids[:, start : start + self.options.prefill_chunk], cache)
-                 for start in range(0, ids.shape[1], self.options.prefill_chunk)]
+    def prefill(self, ids: torch.Tensor, cache: KVCache, stop: StopCheck | None = None) -> torch.Tensor:
+        """Run ``ids`` [B, T] through the model in chunks; return the final hidden states [B, T, H].
+        ``stop`` is asked before every chunk."""
+        parts = []
+        for start in range(0, ids.shape[1], self.options.prefill_chunk):
+            _checkpoint(stop)
+            parts.append(self.forward(ids[:, start : start + self.options.prefill_chunk], cache))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def prefill_prefix(self, ids: list[int], reserve: int = 0) -> tuple[KVCache, torch.Tensor]:
@@ -169,24 +192,27 @@ class Engine:
 
     @torch.inference_mode()
     def score(self, prefix: list[int], continuations: list[list[int]], entropy: bool = True,
-              tail: int | None = None) -> list[TokenScores]:
+              tail: int | None = None, stop: StopCheck | None = None) -> list[TokenScores]:
         """Log-probability (and, if ``entropy``, the entropy of the model's distribution) of each
         continuation token given ``prefix`` (BOS if empty) and the tokens before it.
 
         ``tail`` scores only the last ``tail`` tokens of every continuation (the others still
         condition them, but get NaN): the vocabulary projection is skipped where nobody needs it.
+        ``stop`` is asked before every batch and prefill chunk: when it turns true the call raises
+        ``Interrupted``, so a cancelled or expired request frees the engine within one chunk.
         """
         prefix = self._prefix_ids(prefix)
         self._check_length(len(prefix) + max((len(c) for c in continuations), default=0))
-        device = self.model.model.embed_tokens.weight.device
+        _checkpoint(stop)
         prefix_cache, prefix_hidden = self.prefill_prefix(prefix)
         logits = self.model.logits(prefix_hidden).float()[0]
         first = logits - torch.logsumexp(logits, dim=-1)
         first_entropy = -(first.exp() * first).sum() if entropy else torch.tensor(float("nan"))
+        shared = _Prefix(prefix_cache, first, first_entropy)
         results: list[TokenScores | None] = [None] * len(continuations)
         for batch in self._length_buckets(continuations):
-            self._score_batch(prefix_cache, first, first_entropy, [continuations[i] for i in batch],
-                              batch, results, device, entropy, tail)
+            _checkpoint(stop)
+            self._score_batch(shared, [continuations[i] for i in batch], batch, results, entropy, tail, stop)
         return [r for r in results if r is not None]
 
     def _length_buckets(self, continuations: list[list[int]]) -> list[list[int]]:
@@ -209,9 +235,10 @@ class Engine:
             batches.append(batch)
         return batches
 
-    def _score_batch(self, prefix_cache: KVCache, first: torch.Tensor, first_entropy: torch.Tensor,
-                     seqs: list[list[int]], indices: list[int], results: list, device: torch.device,
-                     entropy: bool, tail: int | None) -> None:
+    def _score_batch(self, prefix: _Prefix, seqs: list[list[int]], indices: list[int], results: list,
+                     entropy: bool, tail: int | None, stop: StopCheck | None) -> None:
+        device = prefix.cache.device
+        first, first_entropy = prefix.first, prefix.first_entropy
         if not seqs:
             return
         longest = max(len(s) for s in seqs)
@@ -227,8 +254,8 @@ class Engine:
             padded = torch.zeros((len(live), longest - 1), dtype=torch.long, device=device)
             for row, (_, seq) in enumerate(live):
                 padded[row, : len(seq) - 1] = torch.tensor(seq[:-1], device=device)
-            cache = prefix_cache.repeat(len(live))
-            hidden = self.prefill(padded, cache)
+            cache = prefix.cache.repeat(len(live))
+            hidden = self.prefill(padded, cache, stop)
         rows, targets, starts = [], [], []
         for row, (_, seq) in enumerate(live):
             start = 1 if tail is None else max(1, len(seq) - tail)

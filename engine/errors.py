@@ -1,4 +1,4 @@
-"""Exceptions raised while loading a model: each names the file, field or tensor at fault."""
+"""The engine's exceptions: loading errors name the file, field or tensor at fault."""
 
 
 class EngineError(Exception):
@@ -15,3 +15,7 @@ class WeightsError(EngineError):
 
 class TokenizerError(EngineError):
     """A tokenizer could not be built from the files or metadata given."""
+
+
+class Interrupted(EngineError):
+    """The caller's stop check turned true between two batches or prefill chunks; the work was dropped."""

@@ -148,6 +148,22 @@ class GGUFFile:
         return self.get(f"{self.arch}.{suffix}", default, required)
 
 
+def _layer_types(gguf: GGUFFile, model_type: str, layers: int) -> tuple[str, ...]:
+    """Sliding or full attention per layer, from ``{arch}.attention.sliding_window_pattern`` (one
+    boolean per layer). Only a list is understood: anything else is an error naming the key, never
+    a silent all-full model; Mellum2 has sliding layers, so the key is required for it."""
+    key = f"{gguf.arch}.attention.sliding_window_pattern"
+    pattern = gguf.arch_key("attention.sliding_window_pattern")
+    if pattern is None:
+        if model_type == "mellum":
+            raise ConfigError(f"GGUF file {gguf.path.name}: {key} is missing (Mellum2 has sliding-window layers)")
+        return (FULL,) * layers
+    if not isinstance(pattern, list) or len(pattern) != layers:
+        raise ConfigError(f"GGUF file {gguf.path.name}: {key} must be a list of {layers} booleans (one per layer), "
+                          f"got {pattern!r}")
+    return tuple(SLIDING if slides else FULL for slides in pattern)
+
+
 def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
     """Build a ``ModelConfig`` from a GGUF file's ``{arch}.*`` metadata and tensor list."""
     if gguf.arch not in ARCH_TO_MODEL_TYPE:
@@ -175,11 +191,7 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
             beta_slow=float(gguf.arch_key("rope.scaling.yarn_beta_slow", 1.0)),
             attention_factor=gguf.arch_key("rope.scaling.attn_factor"),
         )
-    pattern = gguf.arch_key("attention.sliding_window_pattern")
-    if isinstance(pattern, list):
-        layer_types = tuple(SLIDING if slides else FULL for slides in pattern)
-    else:
-        layer_types = (FULL,) * n
+    layer_types = _layer_types(gguf, model_type, n)
     rope = {FULL: full_rope}
     if SLIDING in layer_types:
         rope[SLIDING] = RopeConfig("default", float(gguf.arch_key("rope.freq_base_swa", theta)))

@@ -14,6 +14,8 @@ from engine.gguf_read import GGUFFile
 
 # llama.cpp pre-tokenizer names whose regex splits every digit on its own before the GPT-2 split.
 _DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva"}
+# llama.cpp pre-tokenizer names that are GPT-2's own split.
+_GPT2_PRE = {"default", "gpt2", "gpt-2"}
 _CONTROL, _USER_DEFINED = 3, 4
 
 
@@ -95,6 +97,12 @@ def from_gguf(gguf: GGUFFile) -> ChatTokenizer:
     kind = gguf.get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise TokenizerError(f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, 'gpt2')")
+    pre = gguf.get("tokenizer.ggml.pre")
+    if pre is not None and pre not in _GPT2_PRE | _DIGIT_SPLIT_PRE:
+        raise TokenizerError(
+            f"GGUF file {gguf.path.name}: tokenizer.ggml.pre {pre!r} is not a pre-tokenizer this engine knows "
+            f"(known: {', '.join(sorted(_GPT2_PRE | _DIGIT_SPLIT_PRE))}); splitting its text the GPT-2 way would "
+            "give other tokens than the model was trained on")
     tokens: list[str] = gguf.get("tokenizer.ggml.tokens", required=True)
     merges: list[str] = gguf.get("tokenizer.ggml.merges", required=True)
     types: list[int] = gguf.get("tokenizer.ggml.token_type") or [1] * len(tokens)
@@ -102,7 +110,7 @@ def from_gguf(gguf: GGUFFile) -> ChatTokenizer:
     pairs = [tuple(m.split(" ", 1)) for m in merges]
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if gguf.get("tokenizer.ggml.pre") in _DIGIT_SPLIT_PRE:
+    if pre in _DIGIT_SPLIT_PRE:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     else:
         tokenizer.pre_tokenizer = byte_level

@@ -89,7 +89,7 @@ def lost_upserts(data_dir: Path, acknowledged: list[str]) -> int:
 
 
 def run_scenario(scenario: Scenario, users: int, duration: int, p95_ms: float | None, out: Path,
-                 seed_passages: int) -> dict:
+                 seed_passages: int, timeout: float) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix=f"focal-{scenario.name}-"))
     port = free_port()
@@ -103,7 +103,7 @@ def run_scenario(scenario: Scenario, users: int, duration: int, p95_ms: float | 
                "--spawn-rate", str(users), "--run-time", f"{duration}s", "--host", f"127.0.0.1:{port}",
                "--csv", str(out / scenario.name), "--html", str(out / f"{scenario.name}.html"),
                "--stop-timeout", "30", "--exit-code-on-error", "0", "--loglevel", "WARNING"]
-    env = {**os.environ, "FOCAL_LOAD_RECORD": str(record), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "FOCAL_LOAD_RECORD": str(record), "PYTHONPATH": str(ROOT), "FOCAL_LOAD_TIMEOUT": str(timeout)}
     log(f"{scenario.name}: locust, {users} users for {duration} s")
     locust = subprocess.Popen(command, cwd=ROOT, env=env)
     killed_at: float | None = None
@@ -169,16 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=8, help="users of the steady and fault scenarios")
     parser.add_argument("--overload-users", type=int, default=24, help="users of the overload scenario")
     parser.add_argument("--duration", type=int, default=60, help="seconds of load per scenario")
-    parser.add_argument("--p95-ms", type=float, default=None, help="fail when the steady p95 exceeds this")
+    parser.add_argument("--p95-ms", type=float, default=None,
+                        help="fail when the steady p95 exceeds this (below the client deadline, --timeout)")
+    parser.add_argument("--timeout", type=float, default=60, help="the clients' deadline per call, in seconds")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
     parser.add_argument("--seed-passages", type=int, default=200, help="passages indexed before the run")
     args = parser.parse_args(argv)
+    if args.p95_ms is not None and args.p95_ms >= args.timeout * 1000:
+        parser.error(f"--p95-ms {args.p95_ms:.0f} can never fire: no call lasts past the clients' deadline of "
+                     f"{args.timeout:.0f} s (--timeout)")
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     results = {}
     for name in names:
         users = args.overload_users if name == "overload" else args.users
         results[name] = run_scenario(SCENARIOS[name], users, args.duration, args.p95_ms, args.out,
-                                     args.seed_passages)
+                                     args.seed_passages, args.timeout)
     summary: dict = {}
     if "steady" in results:
         summary.update({k: results["steady"][k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "failures")})

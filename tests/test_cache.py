@@ -75,10 +75,18 @@ def test_routing_statistics_count_every_routed_token(model):
             assert hits.shape == (TINY_MELLUM["num_experts"],)
             assert int(hits.sum()) == 2 * 11 * TINY_MELLUM["num_experts_per_tok"]
         metrics = Metrics()
+
+        def published() -> float:
+            return sum(metrics.registry.get_sample_value("focal_expert_tokens_total", {"layer": str(layer),
+                                                                                       "expert": str(e)}) or 0
+                       for layer in sparse for e in range(TINY_MELLUM["num_experts"]))
+
         metrics.record_routing({layer: hits.tolist() for layer, hits in stats.counts.items()})
-        total = sum(metrics.registry.get_sample_value("focal_expert_tokens", {"layer": str(layer), "expert": str(e)})
-                    for layer in sparse for e in range(TINY_MELLUM["num_experts"]))
-        assert total == len(sparse) * 2 * 11 * TINY_MELLUM["num_experts_per_tok"]
+        assert published() == len(sparse) * 2 * 11 * TINY_MELLUM["num_experts_per_tok"]
+        with torch.no_grad():  # cumulative counts, published again: a counter that adds only what is new
+            model(torch.randint(0, 100, (1, 5)), model.new_cache(1))
+        metrics.record_routing({layer: hits.tolist() for layer, hits in stats.counts.items()})
+        assert published() == len(sparse) * (2 * 11 + 5) * TINY_MELLUM["num_experts_per_tok"]
     finally:
         model.track_routing(False)
 

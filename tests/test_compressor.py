@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,27 @@ def test_force_tokens_and_instruction(compressor, sample):
         assert "Monday" in result.prompt
 
 
+def test_a_forced_word_survives_where_it_would_be_dropped(compressor, sample):
+    """Find words that compression drops from chunks it keeps in part; forced, each one stays."""
+    plain = compressor.compress(request_of(sample, rate=0.3, method="token"))
+    texts = {c["title"]: f"{c['title']}\n{c['text']}" for c in sample["chunks"]}
+    dropped = {}
+    for chunk in plain.chunks:
+        if 0 < chunk.kept_tokens < chunk.original_tokens:
+            kept = set(re.findall(r"[A-Za-z]{5,}", chunk.kept_text))
+            missing = [w for w in re.findall(r"[A-Za-z]{5,}", texts[chunk.id]) if w not in kept]
+            if missing:
+                dropped[chunk.id] = missing[-1]
+    assert len(dropped) >= 2, "the sample should lose words from at least two partly kept chunks"
+    forced = CompressOptions(force_tokens=sorted(set(dropped.values())))
+    result = compressor.compress(request_of(sample, rate=0.3, method="token", options=forced))
+    assert result.compressed_tokens <= result.target_tokens
+    by_id = {c.id: c for c in result.chunks}
+    for chunk_id, word in dropped.items():
+        if by_id[chunk_id].kept_tokens:  # forced words are kept whenever their chunk is
+            assert re.search(rf"\b{word}\b", by_id[chunk_id].kept_text), (chunk_id, word)
+
+
 @pytest.mark.parametrize("reorder", ["original", "relevance", "edges"])
 def test_reorder(compressor, sample, reorder):
     result = compressor.compress(request_of(sample, rate=0.6, method="chunk",
@@ -121,6 +143,16 @@ def test_huge_chunk_longer_than_the_context(compressor, sample):
                                                  target_tokens=300))
     assert result.compressed_tokens <= 300
     assert result.chunks[0].original_tokens > compressor.engine.context_length
+
+
+def test_abandoned_work_stops_inside_the_engine_passes(compressor, sample):
+    """A request whose caller gives up is dropped within one engine batch, not after its passes."""
+    filler = " ".join(f"Line {i} of the archive lists routine maintenance on rack {i % 40}." for i in range(900))
+    request = CompressRequest(sample["question"], [Chunk("huge", filler)], target_tokens=300)
+    started = time.perf_counter()
+    give_up = started + 0.5
+    assert compressor.compress_many([request], alive=lambda _r: time.perf_counter() < give_up) == [None]
+    assert time.perf_counter() - started < 30  # one prefill chunk past the give-up; all its passes take minutes
 
 
 def test_non_english_and_mixed_code_and_prose(compressor):

@@ -11,6 +11,7 @@ from gguf import quants
 
 from devtools.gguf_write import write_gguf
 from devtools.mellum import TINY_MELLUM
+from engine import default_model_path
 from engine.config import from_hf_dict
 from engine.errors import WeightsError
 from engine.gguf_read import GGUFFile, config_from_gguf, dequantize, read_tensors
@@ -101,3 +102,29 @@ def test_truncated_gguf_is_reported(tmp_path, tiny_hf):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match=r"cut\.gguf"):
         load_model(path)
+
+
+def _tiny_gguf_with(path, tiny_hf, tokenizer, **overrides):
+    write_gguf(path, from_hf_dict(TINY_MELLUM), dict(tiny_hf.state_dict()), tokenizer=tokenizer, overrides=overrides)
+    return GGUFFile(path)
+
+
+def test_an_unknown_pre_tokenizer_is_an_error_naming_the_key(tmp_path, tiny_hf, default_engine):
+    from engine.errors import TokenizerError
+    from engine.tokenizer import from_gguf
+
+    known = from_gguf(GGUFFile(default_model_path()))  # "smollm": digits split, then GPT-2's split
+    assert known.encode("Paris 2024") == default_engine.tokenizer.encode("Paris 2024")
+    unknown = _tiny_gguf_with(tmp_path / "unknown.gguf", tiny_hf, default_engine.tokenizer,
+                              **{"tokenizer.ggml.pre": "llama-bpe"})
+    with pytest.raises(TokenizerError, match=r"tokenizer\.ggml\.pre 'llama-bpe' is not a pre-tokenizer"):
+        from_gguf(unknown)
+
+
+def test_a_sliding_pattern_that_is_not_a_list_is_an_error_naming_the_key(tmp_path, tiny_hf):
+    from engine.errors import ConfigError
+
+    gguf = _tiny_gguf_with(tmp_path / "pattern.gguf", tiny_hf, None,
+                           **{"mellum.attention.sliding_window_pattern": 4})
+    with pytest.raises(ConfigError, match=r"mellum\.attention\.sliding_window_pattern must be a list of 4 booleans"):
+        config_from_gguf(gguf)

@@ -19,7 +19,8 @@ def run(tmp_path: Path, *args: str) -> dict:
 
 
 def test_steady_load_answers_every_call(tmp_path: Path) -> None:
-    result = run(tmp_path, "--scenario", "steady", "--users", "4", "--duration", "30", "--p95-ms", "120000")
+    result = run(tmp_path, "--scenario", "steady", "--users", "4", "--duration", "30", "--p95-ms", "50000",
+                 "--timeout", "60")
     steady = result["scenarios"]["steady"]
     assert result["failures"] == 0 and result["lost_upserts"] == 0 and result["rps"] > 0
     assert {"Compress", "Search"} <= set(steady["per_rpc"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -43,3 +44,42 @@ def test_unknown_keys_in_the_file_are_refused(tmp_path):
     config.write_text("port = 1\ncompiled = true\n")
     with pytest.raises(ValueError, match="unknown settings compiled"):
         parse(["--config", str(config)])
+
+
+def test_a_wrong_type_in_the_file_names_the_file_line_and_setting(tmp_path):
+    config = tmp_path / "focal.toml"
+    config.write_text('# settings\nmax_batch = 4\n\nport = "abc"\n')
+    with pytest.raises(ValueError, match=rf"{config}:4: port must be a TOML integer, got 'abc'"):
+        parse(["--config", str(config)])
+    config.write_text("drain_seconds = 5\ncompile = 1\n")  # an integer for a float is fine, for a boolean not
+    with pytest.raises(ValueError, match=r"focal.toml:2: compile must be a TOML boolean"):
+        parse(["--config", str(config)])
+    config.write_text("port = [1\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        parse(["--config", str(config)])
+
+
+@pytest.mark.parametrize(("argv", "environ", "message"), [
+    (["--log-level", "TRACE"], {}, "log_level: 'TRACE' is not one of"),
+    ([], {"FOCAL_LOG_LEVEL": "verbose"}, "log_level: 'verbose' is not one of"),
+    (["--model", "/nonexistent/model.gguf"], {}, "model: /nonexistent/model.gguf does not exist"),
+    (["--auth-token-file", "/nonexistent/token"], {}, "auth_token_file: cannot read /nonexistent/token"),
+    (["--auth-token", "   "], {}, "auth_token: is only whitespace"),
+    (["--index-type", "annoy"], {}, "index_type: 'annoy' is not one of"),
+    (["--device", "tpu"], {}, "device: 'tpu' is not auto, cpu, cuda or cuda:N"),
+    (["--max-batch", "0"], {}, "max_batch: 0 is below its minimum of 1"),
+    (["--port", "70000"], {}, "port: 70000 is not a port"),
+    (["--tls-cert", __file__], {}, "tls_cert and tls_key: give both"),
+])
+def test_bad_settings_are_refused_before_anything_loads(argv, environ, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse(argv, environ)
+
+
+def test_an_empty_token_file_fails_closed(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(" \n")
+    with pytest.raises(ValueError, match="is empty"):
+        parse(["--auth-token-file", str(token)])
+    token.write_text("s3cret\n")
+    assert parse(["--auth-token-file", str(token)]).token() == "s3cret"

@@ -5,6 +5,7 @@ may hold it at the same time) or a running server (``--target``).
     focal index search "Which river flows through Paris?" --data-dir ./data --namespace wiki
     focal index stats --target 127.0.0.1:50051
     focal index rebuild --data-dir ./data      # after a damaged snapshot: replay the log
+    focal index repair --data-dir ./data       # after a damaged log: keep what the snapshot and log prove
 """
 
 from __future__ import annotations
@@ -108,10 +109,14 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_module.resolve(args)
-        if args.action == "rebuild":
-            from compressor.retrieval.store import rebuild
-
-            print(json.dumps(rebuild(settings.data_dir, settings.index_spec()), indent=1))
+        if args.action in ("rebuild", "repair"):
+            if not settings.data_dir:
+                raise IndexInputError("--data-dir", f"is required by {args.action}")
+            if args.action == "rebuild":
+                from compressor.retrieval.store import rebuild as run
+            else:
+                from compressor.retrieval.repair import repair as run
+            print(json.dumps(run(settings.data_dir, settings.index_spec()), indent=1))
             return 0
         index = _Remote(args.target, settings.token(), args.ca) if args.target else _Local(settings)
         try:
@@ -170,3 +175,4 @@ def add_parser(commands) -> None:
     delete.add_argument("ids", nargs="+")
     action("stats", "documents and chunks per namespace (JSON)")
     action("rebuild", "rebuild the index of --data-dir from its write-ahead log (after a damaged snapshot)")
+    action("repair", "repair a damaged write-ahead log of --data-dir, keeping what the snapshot and the log prove")

@@ -23,7 +23,7 @@ from compressor.compression import budget
 from compressor.compression.request import ChunkResult, CompressRequest, CompressResult
 from compressor.compression.scoring import ChunkTokens, SignalScorer
 from compressor.compression.units import ScoredUnit, choose, render, token_importance, units_of
-from engine import Engine
+from engine import Engine, Interrupted
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class Compressor:
                       alive: Callable[[CompressRequest], bool] = lambda _: True) -> list[CompressResult | None]:
         """Compress several requests; their coarse passes share batched forward passes (grouped by
         instruction, the shared prefix). Each result's timings are its own stages, except ``rank``,
-        which is the shared pass. A request for which ``alive`` turns false is dropped at the next
-        stage boundary and gets None."""
+        which is the shared pass. A request for which ``alive`` turns false is dropped within one engine
+        batch or prefill chunk and gets None."""
         for request in requests:
             request.validate()
         jobs = [self._prepare(request) for request in requests]
@@ -88,13 +88,19 @@ class Compressor:
         for job in jobs:
             if alive(job.request):
                 by_instruction.setdefault(job.request.options.instruction, []).append(job)
+        ranked: set[int] = set()
         for instruction, group in by_instruction.items():
             started = time.perf_counter()
-            self.scorer.coarse([([job.tokens[i] for i in job.unique], job.request.query) for job in group],
-                               instruction, plain=self.tuning.contrast != 0)
+            try:
+                self.scorer.coarse([([job.tokens[i] for i in job.unique], job.request.query) for job in group],
+                                   instruction, plain=self.tuning.contrast != 0,
+                                   stop=lambda group=group: not any(alive(job.request) for job in group))
+            except Interrupted:
+                continue  # every request of the group was abandoned
             for job in group:
                 job.timings["rank"] = time.perf_counter() - started
-        return [self._finish(job) if alive(job.request) else None for job in jobs]
+                ranked.add(id(job))
+        return [self._finish(job, alive) if id(job) in ranked and alive(job.request) else None for job in jobs]
 
     def _prepare(self, request: CompressRequest) -> _Staged:
         clock = time.perf_counter()
@@ -109,7 +115,7 @@ class Compressor:
         job.timings["tokenize"] = time.perf_counter() - clock
         return job
 
-    def _finish(self, job: _Staged) -> CompressResult:
+    def _finish(self, job: _Staged, alive: Callable[[CompressRequest], bool]) -> CompressResult | None:
         request, texts, tokens, target = job.request, job.texts, job.tokens, job.target
         options = request.options
         sizes = [len(t.ids) for t in tokens]
@@ -120,7 +126,11 @@ class Compressor:
         else:
             allotment = budget.allocate(order, sizes, target, self.tuning.density, self.tuning.steepness)
         partial = [i for i, n in allotment.items() if n < sizes[i]]
-        self.scorer.fine([tokens[i] for i in partial], request.query, options.instruction)
+        try:
+            self.scorer.fine([tokens[i] for i in partial], request.query, options.instruction,
+                             stop=lambda: not alive(request))
+        except Interrupted:
+            return None
         job.timings["fine"] = time.perf_counter() - started
 
         started = time.perf_counter()

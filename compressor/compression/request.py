@@ -60,7 +60,7 @@ class CompressRequest:
         for index, chunk in enumerate(self.chunks):
             if not isinstance(chunk.text, str):
                 raise CompressionInputError(f"chunks[{index}].text", "must be a string")
-            if chunk.id in seen:
+            if chunk.id and chunk.id in seen:  # an empty id is allowed, and the result's position names it
                 raise CompressionInputError(f"chunks[{index}].id", f"duplicate chunk id {chunk.id!r}")
             seen.add(chunk.id)
 

@@ -21,6 +21,7 @@ import torch
 
 from compressor.compression.request import CompressionInputError
 from engine import Engine
+from engine.api import StopCheck
 
 QUESTION_SUFFIX = "\n\nQuestion: {query}"
 QUESTION_PREFIX = "Question: {query}\n\n"
@@ -60,7 +61,8 @@ class SignalScorer:
                          f"{self.engine.context_length} tokens and leave no room for context")
         return room
 
-    def coarse(self, groups: list[tuple[list[ChunkTokens], str]], instruction: str, plain: bool) -> None:
+    def coarse(self, groups: list[tuple[list[ChunkTokens], str]], instruction: str, plain: bool,
+               stop: StopCheck | None = None) -> None:
         """Pass 1 over (chunks, query) groups sharing one instruction, in one batched call: relevance
         for every chunk, and its question-free log-probabilities if ``plain`` (otherwise only the
         question tokens go through the vocabulary projection). Groups are the chunks of different
@@ -78,7 +80,7 @@ class SignalScorer:
                 rows.append(chunk.ids[start:end] + question)
                 owners.append((index, end - start))
         tail = None if plain or not longest_question else longest_question
-        scores = self.engine.score(prefix, rows, entropy=False, tail=tail)
+        scores = self.engine.score(prefix, rows, entropy=False, tail=tail, stop=stop)
         logp_plain: list[list[torch.Tensor]] = [[] for _ in items]
         best = [float("-inf")] * len(items)
         for (index, length), scored in zip(owners, scores):
@@ -89,22 +91,23 @@ class SignalScorer:
             chunk.logp_plain = torch.cat(logp_plain[index]) if logp_plain[index] else torch.empty(0)
             chunk.relevance = best[index] if question else 0.0
 
-    def plain(self, chunks: list[ChunkTokens], instruction: str) -> None:
+    def plain(self, chunks: list[ChunkTokens], instruction: str, stop: StopCheck | None = None) -> None:
         """Question-free log-probabilities, for chunks whose coarse pass did not keep them."""
         missing = [c for c in chunks if c.logp_plain is None or torch.isnan(c.logp_plain).any()]
         if missing:
-            self._conditioned(missing, self._prefix(instruction, None), "logp_plain")
+            self._conditioned(missing, self._prefix(instruction, None), "logp_plain", stop)
 
-    def fine(self, chunks: list[ChunkTokens], query: str, instruction: str) -> None:
+    def fine(self, chunks: list[ChunkTokens], query: str, instruction: str, stop: StopCheck | None = None) -> None:
         """Pass 2: log-probabilities given the question, for the chunks passed in."""
         if not query:
-            self.plain(chunks, instruction)
+            self.plain(chunks, instruction, stop)
             for chunk in chunks:
                 chunk.logp_question = chunk.logp_plain
             return
-        self._conditioned(chunks, self._prefix(instruction, query), "logp_question")
+        self._conditioned(chunks, self._prefix(instruction, query), "logp_question", stop)
 
-    def _conditioned(self, chunks: list[ChunkTokens], prefix: list[int], attribute: str) -> None:
+    def _conditioned(self, chunks: list[ChunkTokens], prefix: list[int], attribute: str,
+                     stop: StopCheck | None) -> None:
         """Every token's log-probability after ``prefix`` (shared, computed once), set as ``attribute``."""
         room = self._room(prefix, [])
         rows, owners = [], []
@@ -112,7 +115,7 @@ class SignalScorer:
             for start, end in _windows(chunk.ids, room):
                 rows.append(chunk.ids[start:end])
                 owners.append(index)
-        scores = self.engine.score(prefix, rows, entropy=False)
+        scores = self.engine.score(prefix, rows, entropy=False, stop=stop)
         parts: list[list[torch.Tensor]] = [[] for _ in chunks]
         for index, scored in zip(owners, scores):
             parts[index].append(scored.logprobs)

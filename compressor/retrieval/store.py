@@ -31,7 +31,7 @@ from compressor.retrieval.chunker import Chunking, chunk_text
 from compressor.retrieval.embedder import Embedder
 from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
 from compressor.retrieval.vectors import IndexSpec, VectorIndex
-from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan
+from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan, verify
 
 log = logging.getLogger("focal")
 
@@ -137,7 +137,11 @@ class IndexStore:
 
     def __init__(self, data_dir: str | Path, embedder: Embedder | None = None, spec: IndexSpec | None = None,
                  chunking: Chunking | None = None, limits: Limits | None = None, snapshot_every: int = 1000,
-                 use_snapshot: bool = True) -> None:
+                 use_snapshot: bool = True, open_log: bool = True) -> None:
+        """Open (or create) ``data_dir``: load the snapshot (unless ``use_snapshot`` is false), verify the
+        checksum of every log record it covers, replay the records after it, and open the log for
+        appending. Damage anywhere is ``IndexCorrupt`` naming the repair command. ``open_log`` false
+        reads the snapshot alone, for the repair (the store then takes no writes)."""
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.embedder = embedder
@@ -153,11 +157,22 @@ class IndexStore:
         self._lock_file = self._acquire()
         try:
             wal_start = self._load_snapshot() if use_snapshot else 0
+            self.snapshot_offset = wal_start
+            if not open_log:
+                return
+            covered = verify(self.root / "wal.log", wal_start)
             self._replay(wal_start)
             self.wal = WriteAheadLog(self.root / "wal.log", start=self._replayed_to)
+        except LogCorrupt as exc:
+            self._lock_file.close()
+            raise IndexCorrupt(f"{exc}. Acknowledged writes may be damaged; nothing was changed. Run `focal index "
+                               f"repair --data-dir {self.root}`: it keeps every write the snapshot or the intact "
+                               "log holds, and says what it could not keep") from exc
         except BaseException:
             self._lock_file.close()
             raise
+        log.info("index log verified", extra={"fields": {"records_covered_by_snapshot": covered,
+                                                         "log_bytes": self.wal.end}})
         if self.wal.torn_bytes:
             log.warning("index log: cut a torn, unacknowledged tail",
                         extra={"fields": {"bytes": self.wal.torn_bytes}})
@@ -224,15 +239,11 @@ class IndexStore:
     def _replay(self, start: int) -> None:
         self._replayed_to = start
         replayed = 0
-        try:
-            for record in scan(self.root / "wal.log", start):
-                if record.header["seq"] > self.seq:
-                    self._apply(record)
-                    replayed += 1
-                self._replayed_to = record.end
-        except LogCorrupt as exc:
-            raise IndexCorrupt(f"{exc}. Acknowledged writes after that point cannot be recovered from this "
-                               "log: restore the data directory from a backup") from exc
+        for record in scan(self.root / "wal.log", start):
+            if record.header["seq"] > self.seq:
+                self._apply(record)
+                replayed += 1
+            self._replayed_to = record.end
         if replayed:
             log.info("index log replayed", extra={"fields": {"records": replayed, "seq": self.seq}})
 
@@ -424,9 +435,10 @@ class IndexStore:
 
     def close(self, snapshot: bool = True) -> None:
         with self._lock:
-            if snapshot:
-                self.snapshot()
-            self.wal.close()
+            if hasattr(self, "wal"):
+                if snapshot:
+                    self.snapshot()
+                self.wal.close()
             self._lock_file.close()
 
 

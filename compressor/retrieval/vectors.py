@@ -80,6 +80,10 @@ class VectorIndex:
         if self.spec.kind == "ivf" and not self.trained_ivf and self.index.ntotal >= TRAIN_PER_LIST * self.spec.nlist:
             self._train_ivf()
 
+    def vectors_of(self, ids: list[int]) -> np.ndarray:
+        """The stored vectors of ``ids`` [len(ids), dim] (float32)."""
+        return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+
     def _all(self) -> tuple[np.ndarray, np.ndarray]:
         ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
         live = np.array([i not in self.tombstones for i in ids], dtype=bool) if self.tombstones else slice(None)

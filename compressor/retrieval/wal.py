@@ -3,8 +3,9 @@
 Record layout: ``magic (4 bytes) | header length (u32) | body length (u32) | crc32 (u32)``, then a
 JSON header and a binary body (the vectors). The CRC covers header and body. On open, the log is
 read to its end: a record cut short at the very end of the file (the process died while writing
-it, so it was never acknowledged) is cut off; anything else that does not check out is corruption
-and raises ``LogCorrupt`` with the byte offset.
+it, so it was never acknowledged) is cut off. Anything else that does not check out is corruption
+and raises ``LogCorrupt`` with the byte offset: a bad magic, and a complete record whose checksum
+fails, even the last one (its length says it was written whole, and it was acknowledged then).
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ _PREFIX = struct.Struct("<4sIII")
 
 
 class LogCorrupt(Exception):
-    """The log is damaged before its last record."""
+    """The log is damaged at byte ``offset``: what lies from there on cannot be trusted."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
 
 
 @dataclass
@@ -51,17 +56,30 @@ def scan(path: Path, start: int = 0) -> Iterator[Record]:
         while size - offset >= _PREFIX.size:
             magic, header_len, body_len, crc = _PREFIX.unpack(handle.read(_PREFIX.size))
             if magic != MAGIC:
-                raise LogCorrupt(f"{path}: no record starts at byte {offset} (bad magic)")
+                raise LogCorrupt(f"{path}: no record starts at byte {offset} (bad magic)", offset)
             end = offset + _PREFIX.size + header_len + body_len
             if end > size:
                 return  # torn record at the tail
             payload = handle.read(header_len + body_len)
             if zlib.crc32(payload) != crc:
-                if end == size:
-                    return  # the last record, partly written
-                raise LogCorrupt(f"{path}: checksum mismatch in the record at byte {offset}")
+                raise LogCorrupt(f"{path}: checksum mismatch in the record at byte {offset}", offset)
             yield Record(json.loads(payload[:header_len]), payload[header_len:], end)
             offset = end
+
+
+def verify(path: Path, end: int) -> int:
+    """Check every record's checksum from the start of the log to byte ``end`` (where a snapshot says
+    the log reached); returns how many records there are. A log shorter than ``end`` lost records
+    that were acknowledged: ``LogCorrupt`` at its length."""
+    size = path.stat().st_size if path.exists() else 0
+    if size < end:
+        raise LogCorrupt(f"{path}: {size} bytes, but the snapshot covers {end}: the log was cut short", size)
+    count = 0
+    for record in scan(path):
+        if record.end > end:
+            break
+        count += 1
+    return count
 
 
 def intact_end(path: Path, start: int = 0) -> int:
@@ -78,6 +96,9 @@ class WriteAheadLog:
     def __init__(self, path: Path, start: int = 0) -> None:
         self.path = path
         created = not path.exists()
+        size = 0 if created else path.stat().st_size
+        if size < start:
+            raise LogCorrupt(f"{path}: {size} bytes, but {start} were checked: the log was cut short", size)
         intact = intact_end(path, start)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self.torn_bytes = os.fstat(self._fd).st_size - intact

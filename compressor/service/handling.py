@@ -1,5 +1,5 @@
 """What every unary handler of the service shares: a request id, exceptions answered through the
-one status table (``status``), a JSON log line per call and the per-call metrics hook."""
+one status table (``status``), a JSON log line and the per-RPC metrics of each call."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import grpc
 from google.protobuf.message import Message
 
 from compressor.service.logs import log
+from compressor.service.metrics import Metrics
 from compressor.service.protocol import Unreadable
 from compressor.service.status import UnreadableRequest, status_of
 
 # The work of one RPC: (request message, context, log fields to add to) -> response message.
 Work = Callable[[Message, grpc.ServicerContext, dict[str, Any]], Message]
-# Called once per call with its status code and seconds.
+# Called once per call with its status code and seconds, for a service's own metrics.
 Record = Callable[[grpc.StatusCode, float], None]
 
 
-def unary(rpc: str, work: Work, record: Record) -> Callable[[Message | Unreadable, grpc.ServicerContext], Message]:
+def unary(service: str, rpc: str, work: Work, metrics: Metrics,
+          record: Record | None = None) -> Callable[[Message | Unreadable, grpc.ServicerContext], Message]:
     def handler(message: Message | Unreadable, context: grpc.ServicerContext) -> Message:
         request_id = uuid.uuid4().hex[:16]
         started = time.monotonic()
@@ -39,7 +41,9 @@ def unary(rpc: str, work: Work, record: Record) -> Callable[[Message | Unreadabl
             context.abort(code, str(error))
         finally:
             seconds = time.monotonic() - started
-            record(code, seconds)
+            metrics.record_rpc(service, rpc, code.name, seconds)
+            if record is not None:
+                record(code, seconds)
             fields.update(code=code.name, ms=round(seconds * 1000, 1))
             log.info(rpc.lower(), extra={"fields": fields})
 

@@ -73,6 +73,6 @@ class IndexHandlers:
         }
         return grpc.method_handlers_generic_handler(INDEX_SERVICE, {
             name: grpc.unary_unary_rpc_method_handler(
-                unary(name, self._guarded(work), self._record(name)),
+                unary(INDEX_SERVICE, name, self._guarded(work), self.metrics, self._record(name)),
                 request_deserializer=request_parser(request, limit), response_serializer=response.SerializeToString)
             for name, (work, request, response) in methods.items()})

@@ -28,8 +28,16 @@ class Metrics:
         self.queue_depth = Gauge("focal_queue_depth", "Requests admitted and not yet finished", registry=r)
         self.batch_size = Histogram("focal_batch_size", "Requests per engine batch",
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
-        self.expert_load = Gauge("focal_expert_tokens", "Tokens routed to each expert (MoE models)",
-                                 ["layer", "expert"], registry=r)
+        self.expert_tokens = Counter("focal_expert_tokens", "Tokens routed to each expert (MoE models)",
+                                     ["layer", "expert"], registry=r)
+        self.handled = Counter("grpc_server_handled", "RPCs completed, by service, method and status code",
+                               ["grpc_service", "grpc_method", "grpc_code"], registry=r)
+        self.handling = Histogram("grpc_server_handling_seconds", "RPC latency, by service and method",
+                                  ["grpc_service", "grpc_method"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.auth_failures = Counter("focal_auth_failures", "Calls refused UNAUTHENTICATED, by reason",
+                                     ["reason"], registry=r)
+        self.batch_retries = Counter("focal_batch_retries", "Batches that failed and were retried one request "
+                                                            "at a time", registry=r)
         self.index_requests = Counter("focal_index_requests", "Index calls by method and gRPC status code",
                                       ["rpc", "code"], registry=r)
         self.index_latency = Histogram("focal_index_seconds", "Index call latency", ["rpc"],
@@ -42,6 +50,7 @@ class Metrics:
         self.prefix_reused = Counter("focal_prefix_cache_reused_tokens", "Prefix tokens not recomputed", registry=r)
         self.prefix_bytes = Gauge("focal_prefix_cache_bytes", "Bytes of prefix KV held", registry=r)
         self._prefix_seen = PrefixCacheStats()
+        self._routed_seen: dict[int, list[int]] = {}
 
     def serve(self, host: str, port: int):
         """Start the /metrics HTTP endpoint; returns the server (``shutdown()`` stops it)."""
@@ -58,6 +67,14 @@ class Metrics:
         self._prefix_seen = replace(stats)
 
     def record_routing(self, counts: dict[int, list[int]]) -> None:
+        """Publish the engine's cumulative tokens per expert (as increments since the last call)."""
         for layer, per_expert in counts.items():
-            for expert, tokens in enumerate(per_expert):
-                self.expert_load.labels(str(layer), str(expert)).set(tokens)
+            seen = self._routed_seen.get(layer, [0] * len(per_expert))
+            for expert, (tokens, before) in enumerate(zip(per_expert, seen)):
+                if tokens > before:
+                    self.expert_tokens.labels(str(layer), str(expert)).inc(tokens - before)
+            self._routed_seen[layer] = list(per_expert)
+
+    def record_rpc(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.handled.labels(service, method, code).inc()
+        self.handling.labels(service, method).observe(seconds)

@@ -65,6 +65,9 @@ def to_request(message: pb.CompressRequest, limits: Settings) -> CompressRequest
         if len(chunk.text) > limits.max_chunk_chars:
             raise CompressionInputError(f"chunks[{index}].text", f"{len(chunk.text)} characters exceed the limit of "
                                                                  f"{limits.max_chunk_chars}")
+    if len(message.options.separator) > limits.max_separator_chars:
+        raise CompressionInputError("options.separator", f"{len(message.options.separator)} characters exceed the "
+                                                         f"limit of {limits.max_separator_chars}")
     if message.method not in _METHODS:
         raise CompressionInputError("method", f"unknown method {message.method}")
     if message.options.reorder not in _REORDERS:
@@ -73,8 +76,8 @@ def to_request(message: pb.CompressRequest, limits: Settings) -> CompressRequest
     options = message.options
     request = CompressRequest(
         query=message.query,
-        chunks=[Chunk(c.id or str(i), c.text, c.score if c.HasField("score") else None, dict(c.metadata))
-                for i, c in enumerate(message.chunks)],
+        chunks=[Chunk(c.id, c.text, c.score if c.HasField("score") else None, dict(c.metadata))
+                for c in message.chunks],
         rate=message.rate if budget == "rate" else None,
         target_tokens=message.target_tokens if budget == "target_tokens" else None,
         method=_METHODS[message.method],

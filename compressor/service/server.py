@@ -27,82 +27,107 @@ from compressor.service.index_handler import INDEX_SERVICE, IndexHandlers
 from compressor.service.logs import log
 from compressor.service.metrics import Metrics
 from compressor.service.protocol import request_parser
-from compressor.service.scheduler import Scheduler
+from compressor.service.scheduler import Hooks, Scheduler
 from compressor.service.settings import Settings
 from engine import Engine, EngineOptions
 from engine.device import parse_device, parse_dtype
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Compressor"].full_name
+# gRPC's default SO_REUSEPORT lets a second server bind a port that is taken, and the kernel then
+# splits calls between the two processes: a port in use must fail the start instead.
+_EXCLUSIVE_PORT = [("grpc.so_reuseport", 0)]
+
+
+def _load_engine(settings: Settings) -> Engine:
+    device = parse_device(settings.device)
+    options = EngineOptions(prefix_cache_bytes=settings.prefix_cache_mb << 20, compile_model=settings.compile)
+    engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device,
+                         quantize=settings.quantize, options=options)
+    if settings.compile:
+        log.info("compiling the model before serving", extra={"fields": {}})
+        log.info("compiled", extra={"fields": {"seconds": round(engine.warm_up(), 1)}})
+    return engine
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        return None
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def _bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind ``host:port`` (0 = any free port); returns the port. A port that cannot be had is an OSError."""
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's way of saying the bind failed
+        raise OSError(f"cannot listen on {address}: the port is in use or the address is not local") from exc
+    if not bound:
+        raise OSError(f"cannot listen on {address}: the port is in use or the address is not local")
+    return bound
 
 
 class FocalServer:
     """A running server; ``drain()`` stops it gracefully."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        settings.validate()  # before the model loads: a bad setting costs no load time
         self.settings = settings
+        token = settings.token()
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        if engine is None:
-            device = parse_device(settings.device)
-            options = EngineOptions(prefix_cache_bytes=settings.prefix_cache_mb << 20, compile_model=settings.compile)
-            engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device,
-                                 quantize=settings.quantize, options=options)
-            if settings.compile:
-                log.info("compiling the model before serving", extra={"fields": {}})
-                log.info("compiled", extra={"fields": {"seconds": round(engine.warm_up(), 1)}})
-        self.engine = engine
+        self.engine = engine or _load_engine(settings)
         self.metrics = Metrics()
-        compressor = Compressor(engine)
+        compressor = Compressor(self.engine)
         # Tokens per expert per sparse layer (MoE models), published with each batch.
-        self.routing = engine.model.track_routing() if engine.config.num_sparse_layers else None
-        self.scheduler = Scheduler(compressor, settings.max_batch, settings.queue_depth, on_batch=self._on_batch)
-        model_name = Path(settings.model).name if settings.model else "SmolLM2-135M-Instruct (default)"
+        self.routing = self.engine.model.track_routing() if self.engine.config.num_sparse_layers else None
+        self.scheduler = Scheduler(compressor, settings.max_batch, settings.queue_depth, Hooks(
+            batch_done=self._on_batch, admitted=self.metrics.queue_depth.set,
+            retried=lambda _size: self.metrics.batch_retries.inc()))
+        interceptors = [BearerAuth(token, (SERVICE, INDEX_SERVICE), self.metrics)] if token else []
+        limit = settings.max_message_bytes
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.scheduler.capacity + 8, thread_name_prefix="focal-rpc"),
+            interceptors=interceptors,
+            # grpc's own cap is a backstop at 4x; the handler enforces the configured limit with a clear error.
+            options=[("grpc.max_receive_message_length", 4 * limit), ("grpc.max_send_message_length", 4 * limit),
+                     *_EXCLUSIVE_PORT],
+            maximum_concurrent_rpcs=self.scheduler.capacity + 32,
+        )
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, INDEX_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        self.port = _bind(self.server, settings.host, settings.port, _credentials(settings))
+        # Kubelet's gRPC probes speak plaintext only: with TLS on, health also answers on its own port.
+        self.health_server = None
+        if settings.health_port:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="focal-health"),
+                                             options=_EXCLUSIVE_PORT)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            _bind(self.health_server, settings.host, settings.health_port, None)
+        self.metrics_server = (self.metrics.serve(settings.metrics_host, settings.metrics_port)
+                               if settings.metrics_port else None)
+        # The data directory opens once the ports are ours: a start that fails leaves it unlocked.
         self.store = None
         if settings.data_dir:
             from compressor.retrieval.opening import open_store
 
             self.store = open_store(settings.store_config())
         self.draining = threading.Event()
+        model_name = Path(settings.model).name if settings.model else "SmolLM2-135M-Instruct (default)"
         self.compress = CompressHandler(compressor, self.scheduler, settings, self.metrics, model_name, self.store,
                                         self.draining)
         self.index = IndexHandlers(self.store, self.metrics, self.draining)
-        interceptors = [BearerAuth(settings.token(), (SERVICE, INDEX_SERVICE))] if settings.token() else []
-        limit = settings.max_message_bytes
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.scheduler.capacity + 8, thread_name_prefix="focal-rpc"),
-            interceptors=interceptors,
-            # grpc's own cap is a backstop at 4x; the handler enforces the configured limit with a clear error.
-            options=[("grpc.max_receive_message_length", 4 * limit), ("grpc.max_send_message_length", 4 * limit)],
-            maximum_concurrent_rpcs=self.scheduler.capacity + 32,
-        )
         compress = grpc.unary_unary_rpc_method_handler(
-            unary("Compress", self.compress, self._record_compress),
+            unary(SERVICE, "Compress", self.compress, self.metrics, self._record_compress),
             request_deserializer=request_parser(pb.CompressRequest, limit),
             response_serializer=pb.CompressResponse.SerializeToString)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Compress": compress}),
                                               self.index.handlers(limit)))
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE, INDEX_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self.server)
-        address = f"{settings.host}:{settings.port}"
-        if settings.tls_cert and settings.tls_key:
-            client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
-            credentials = grpc.ssl_server_credentials(
-                [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
-                root_certificates=client_ca, require_client_auth=client_ca is not None)
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        # Kubelet's gRPC probes speak plaintext only: with TLS on, health also answers on its own port.
-        self.health_server = None
-        if settings.health_port:
-            self.health_server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="focal-health"))
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
-        self.metrics_server = (self.metrics.serve(settings.metrics_host, settings.metrics_port)
-                               if settings.metrics_port else None)
 
     def _record_compress(self, code: grpc.StatusCode, _seconds: float) -> None:
         self.metrics.requests.labels(code.name).inc()
@@ -117,8 +142,10 @@ class FocalServer:
         self.server.start()
         if self.health_server is not None:
             self.health_server.start()
-        for name in ("", SERVICE, INDEX_SERVICE):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            self.health.set(name, serving)
+        self.health.set(INDEX_SERVICE, serving if self.store is not None else not_serving)
         fields = {"port": self.port, "metrics_port": self.settings.metrics_port,
                   "tls": bool(self.settings.tls_cert), "auth": bool(self.settings.token())}
         log.info("serving", extra={"fields": fields})

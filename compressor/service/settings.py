@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,7 +38,9 @@ class Settings:
     max_chunks: int = 256
     max_chunk_chars: int = 100_000
     max_query_chars: int = 4_000
-    max_request_tokens: int = 65_536  # tokens of all chunks of one request
+    max_request_tokens: int = 65_536  # tokens of one request: chunks, separators, query, instruction
+    max_separator_chars: int = 256
+    default_deadline_seconds: float = 120.0  # the deadline of a Compress call that sets none; 0 = none
     max_message_bytes: int = 16 * 1024 * 1024
     tls_cert: str = ""  # PEM certificate chain; with tls_key turns TLS on
     tls_key: str = ""
@@ -64,9 +67,50 @@ class Settings:
     snapshot_every: int = 1000
 
     def token(self) -> str:
+        """The bearer token clients must send ("" = auth off). A token file that is missing or empty
+        is an error, never "auth off": auth fails closed."""
         if self.auth_token_file:
-            return Path(self.auth_token_file).read_text().strip()
-        return self.auth_token
+            try:
+                token = Path(self.auth_token_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"auth_token_file: cannot read {self.auth_token_file} ({exc.strerror})") from None
+            if not token:
+                raise ValueError(f"auth_token_file: {self.auth_token_file} is empty; a token file must hold the "
+                                 "token (leave auth_token_file unset to turn auth off)")
+            return token
+        if self.auth_token and not self.auth_token.strip():
+            raise ValueError("auth_token: is only whitespace; give a token, or leave it empty to turn auth off")
+        return self.auth_token.strip()
+
+    def validate(self) -> None:
+        """Every setting checked before anything loads: a ValueError names the first bad one."""
+        for name in ("port", "metrics_port", "health_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name}: {getattr(self, name)} is not a port (0-65535)")
+        choices = {"log_level": _LOG_LEVELS, "dtype": _DTYPES, "quantize": ("", "int8"),
+                   "index_type": ("flat", "ivf", "hnsw")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if (value.upper() if name == "log_level" else value) not in allowed:
+                raise ValueError(f"{name}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+        minimum = {"max_batch": 1, "queue_depth": 0, "max_chunks": 1, "max_chunk_chars": 1, "max_query_chars": 1,
+                   "max_request_tokens": 1, "max_separator_chars": 0, "max_message_bytes": 1024,
+                   "default_deadline_seconds": 0, "drain_seconds": 0, "prefix_cache_mb": 0, "threads": 0,
+                   "chunk_chars": 16, "chunk_overlap": 0, "max_documents": 1, "max_document_chars": 1,
+                   "max_top_k": 1, "snapshot_every": 1, "embed_batch": 1, "embedder_dim": 0}
+        for name, least in minimum.items():
+            if getattr(self, name) < least:
+                raise ValueError(f"{name}: {getattr(self, name)} is below its minimum of {least}")
+        for name in ("model", "embedder", "tls_cert", "tls_key", "tls_client_ca"):
+            if getattr(self, name) and not Path(getattr(self, name)).exists():
+                raise ValueError(f"{name}: {getattr(self, name)} does not exist")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key: give both (TLS) or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+        self.token()
 
     def index_spec(self) -> IndexSpec:
         from compressor.retrieval.vectors import IndexSpec  # faiss only where retrieval is on
@@ -103,7 +147,9 @@ HELP = {
     "max_chunks": "chunks per request",
     "max_chunk_chars": "characters per chunk",
     "max_query_chars": "characters of the query, and of the instruction",
-    "max_request_tokens": "tokens of all chunks of one request",
+    "max_request_tokens": "tokens of one request: chunks, the separators between them, query and instruction",
+    "max_separator_chars": "characters of options.separator",
+    "default_deadline_seconds": "deadline of a Compress call that sets none, queue included (0 = none)",
     "max_message_bytes": "largest request or response message",
     "tls_cert": "PEM certificate chain (TLS on when set with --tls-key)",
     "tls_key": "PEM private key",
@@ -111,7 +157,7 @@ HELP = {
     "auth_token": "bearer token clients must send (empty = no auth)",
     "auth_token_file": "file holding the bearer token (overrides --auth-token)",
     "drain_seconds": "grace period for in-flight requests on SIGTERM",
-    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "data_dir": "directory of the retrieval index and its write-ahead log (empty = retrieval off)",
     "embedder": "sentence-transformers model directory (empty = all-MiniLM-L6-v2)",
     "embedder_dim": "truncate embeddings to this many dimensions (0 = the model's own)",
@@ -129,6 +175,11 @@ HELP = {
     "max_top_k": "largest top_k of Search and retrieve_top_k of Compress",
     "snapshot_every": "write an index snapshot every this many logged writes",
 }
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def _env_name(name: str) -> str:
@@ -159,18 +210,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{HELP[field.name]} (env {_env_name(field.name)}; default: {field.default!r})")
 
 
+def _line_of(text: str, name: str) -> int:
+    """The line of ``name = ...`` in a TOML text (1-based; 0 when not found)."""
+    match = re.search(rf"^[ \t]*{re.escape(name)}[ \t]*=", text, re.MULTILINE)
+    return text.count("\n", 0, match.start()) + 1 if match else 0
+
+
+def _read_file(path: str) -> dict[str, object]:
+    """The settings of a TOML file, each of its field's type (``path:line: ...`` otherwise)."""
+    try:
+        text = Path(path).read_text()
+        loaded = tomllib.loads(text)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the settings file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    kinds = {f.name: type(f.default) for f in fields(Settings)}
+    unknown = sorted(set(loaded) - set(kinds))
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
+    for name, value in loaded.items():
+        kind = kinds[name]
+        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            loaded[name], fits = float(value), True
+        if not fits:
+            raise ValueError(f"{path}:{_line_of(text, name)}: {name} must be a TOML {_TOML_TYPES[kind]}, "
+                             f"got {value!r}")
+    return loaded
+
+
+_TOML_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean (true or false)"}
+
+
 def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
-    """Merge defaults, the config file, the environment and the flags."""
+    """Merge defaults, the config file, the environment and the flags, then validate the result:
+    a ValueError names the setting (and the file and line) before anything is loaded."""
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
     if getattr(args, "config", None):
-        with open(args.config, "rb") as handle:
-            loaded = tomllib.load(handle)
-        known = {f.name for f in fields(Settings)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ValueError(f"{args.config}: unknown settings {', '.join(unknown)}")
-        values.update(loaded)
+        values.update(_read_file(args.config))
     for field in fields(Settings):
         kind = type(field.default)
         if _env_name(field.name) in environ:
@@ -182,4 +261,6 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         flag = getattr(args, field.name, None)
         if flag is not None:
             values[field.name] = flag
-    return Settings(**values)
+    settings = Settings(**values)
+    settings.validate()
+    return settings

@@ -10,7 +10,7 @@ import grpc
 
 from compressor.compression.request import CompressionInputError
 from compressor.retrieval.errors import EmbedderMismatch, IndexInputError, NamespaceNotFound
-from compressor.service.scheduler import Draining, QueueFull
+from compressor.service.scheduler import Draining, QueueFull, WouldMissDeadline
 
 
 class ServiceError(Exception):
@@ -46,6 +46,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (NamespaceNotFound, grpc.StatusCode.NOT_FOUND),
     (EmbedderMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (WouldMissDeadline, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Draining, grpc.StatusCode.UNAVAILABLE),
 )
 

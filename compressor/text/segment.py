@@ -3,6 +3,10 @@
 A unit carries the whitespace before it, so the kept units joined in order are valid text.
 Numbers, URLs, e-mail addresses and code identifiers (dotted, ``::`` or ``->`` paths, a call's
 ``()``) are single units: they are kept whole or not at all.
+
+Every scan here is linear in the text: a pattern that could try a long run again from each of its
+positions (an e-mail's local part, a signature's type list) is bounded in length, so a hostile
+input of a million characters costs what an ordinary one does.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 _UNIT = re.compile(
     r"""\s*(?:
         (?:https?|ftp)://\S+[^\s.,;:!?)\]'"]        # URL (trailing punctuation stays outside)
-      | [\w.+-]+@[\w-]+(?:\.[\w-]+)+                # e-mail address
+      | [\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}   # e-mail address (RFC 5321 lengths)
       | [-+]?\d[\d,.:/_-]*\d%?|\d%?                 # number, date, time, version
       | \w+(?:['’-]\w+)+                            # hyphenated word, contraction
       | [A-Za-z_]\w*(?:(?:\.|::|->)[A-Za-z_]\w*)*(?:\(\))?   # identifier or dotted path
@@ -79,11 +83,17 @@ def looks_like_code(text: str) -> bool:
     """Source code rather than prose: most lines look like statements, or the text is indented blocks."""
     rows = [row for row in text.splitlines() if row.strip()]
     if len(rows) < 2:
-        return bool(rows) and bool(_SIGNATURE.match(rows[0])) and rows[0].rstrip().endswith((":", "{"))
+        return bool(rows) and is_signature(rows[0]) and rows[0].rstrip().endswith((":", "{"))
     hits = sum(bool(_CODE_LINE.search(row)) for row in rows)
     return hits / len(rows) >= 0.4
 
 
+# Longer lines are not taken for signatures: the pattern backtracks over a line's words, so its cost
+# must not grow with a hostile line's length.
+_SIGNATURE_MAX_CHARS = 500
+
+
 def is_signature(line: str) -> bool:
     """A function/class header or decorator: kept whenever its chunk is kept."""
-    return bool(_SIGNATURE.match(line.lstrip("\n")))
+    line = line.lstrip("\n")
+    return len(line) <= _SIGNATURE_MAX_CHARS and bool(_SIGNATURE.match(line))
