@@ -1,4 +1,8 @@
-"""A locust gRPC user of Focal: compress with chunks, compress with retrieval, search, upsert.
+"""Locust gRPC users of Focal, as a RAG stack calls it: ``CompressUser`` (the question-answering
+path: compress retrieved chunks, or let Focal retrieve) and ``IndexUser`` (the retrieval side:
+search, and upsert new documents), three of the first for one of the second. Separate users keep
+the fast index calls flowing while compress calls wait for the engine, as they do in production:
+one user mixing both would issue a search only between two long compress calls.
 
 Every call is reported to locust as request type ``grpc`` named after the RPC; a failed call's
 error is its gRPC status code name, so the failures table groups by code. What the runner needs
@@ -35,6 +39,7 @@ class RpcFailure(Exception):
 
 
 class FocalUser(User):
+    abstract = True
     wait_time = between(0.2, 1.0)
 
     def on_start(self) -> None:
@@ -59,16 +64,26 @@ class FocalUser(User):
         events.request.fire(request_type="grpc", name=name, response_time=(time.perf_counter() - started) * 1000,
                             response_length=0, exception=error, context={})
 
-    @task(6)
+
+
+class CompressUser(FocalUser):
+    weight = 3
+
+    @task(3)
     def compress_with_chunks(self) -> None:
         row = self.rng.choice(ROWS)
         self._call("Compress", lambda: self.client.compress(row["question"], retrieved(row, self.rng), rate=0.3))
 
-    @task(2)
+    @task(1)
     def compress_with_retrieval(self) -> None:
         row = self.rng.choice(ROWS)
         self._call("Compress+retrieval", lambda: self.client.compress(
             row["question"], [], rate=0.3, retrieve_top_k=5, namespace=NAMESPACE))
+
+
+
+class IndexUser(FocalUser):
+    weight = 1
 
     @task(3)
     def search(self) -> None:

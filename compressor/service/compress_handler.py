@@ -23,6 +23,7 @@ from compressor.service.status import ClientCancelled, DeadlineExceeded, Retriev
 
 # A time_remaining() beyond this many seconds (11 days) is grpc-python's way of saying "no deadline".
 _NO_DEADLINE = 1e6
+_EXPIRED = "the deadline passed before the compression finished; its work was dropped"
 
 
 def retrieve(store, message: pb.CompressRequest, given: list[Chunk]) -> list[Chunk]:
@@ -86,10 +87,10 @@ class CompressHandler:
         context.add_callback(lambda: self.scheduler.cancel(ticket))
         if not ticket.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
             self.scheduler.cancel(ticket)
-            raise DeadlineExceeded("the deadline passed before the compression finished; its work was dropped")
+            raise DeadlineExceeded(_EXPIRED)
         if isinstance(ticket.error, Abandoned):
             if ticket.expired():
-                raise DeadlineExceeded("the deadline passed before the compression finished; its work was dropped")
+                raise DeadlineExceeded(_EXPIRED)
             raise ClientCancelled("the client cancelled the request; its work was dropped")
         if ticket.error is not None:
             raise ticket.error
