@@ -38,13 +38,11 @@ class KVShape:
         return KVShape(batch, self.kv_heads, self.head_dim, self.dtype, self.device)
 
 
-class FullKV:
-    """A full-attention layer: storage for every position, grown by doubling (rounded to
-    ``growth``) so that appending stays amortised, or reserved exactly up front."""
+class _StoredKV:
+    """What both kinds of layer hold: K and V storage of ``shape``, and the positions seen so far."""
 
-    def __init__(self, shape: KVShape, growth: int = 256) -> None:
+    def __init__(self, shape: KVShape) -> None:
         self.shape = shape
-        self.growth = growth
         self.offset = 0
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
@@ -52,6 +50,15 @@ class FullKV:
     @property
     def stored_positions(self) -> int:
         return 0 if self.keys is None else self.keys.shape[2]
+
+
+class FullKV(_StoredKV):
+    """A full-attention layer: storage for every position, grown by doubling (rounded to
+    ``growth``) so that appending stays amortised, or reserved exactly up front."""
+
+    def __init__(self, shape: KVShape, growth: int = 256) -> None:
+        super().__init__(shape)
+        self.growth = growth
 
     def reserve(self, needed: int, exact: bool = True) -> None:
         capacity = self.stored_positions
@@ -87,19 +94,12 @@ class FullKV:
         return clone
 
 
-class RingKV:
+class RingKV(_StoredKV):
     """A sliding-window layer: a ring of ``window`` positions."""
 
     def __init__(self, shape: KVShape, window: int) -> None:
-        self.shape = shape
+        super().__init__(shape)
         self.window = window
-        self.offset = 0
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-
-    @property
-    def stored_positions(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
 
     def reserve(self, needed: int, exact: bool = True) -> None:
         """A ring never needs more than its window."""
