@@ -76,6 +76,7 @@ class FocalServer:
         settings.validate()  # before the model loads: a bad setting costs no load time
         self.settings = settings
         token = settings.token()
+        self.auth_enabled = bool(token)
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.engine = engine or _load_engine(settings)
@@ -147,7 +148,7 @@ class FocalServer:
             self.health.set(name, serving)
         self.health.set(INDEX_SERVICE, serving if self.store is not None else not_serving)
         fields = {"port": self.port, "metrics_port": self.settings.metrics_port,
-                  "tls": bool(self.settings.tls_cert), "auth": bool(self.settings.token())}
+                  "tls": bool(self.settings.tls_cert), "auth": self.auth_enabled}
         log.info("serving", extra={"fields": fields})
         return self
 
