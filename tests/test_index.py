@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compressor.embedding import Embedder
 from compressor.retrieval.chunker import Chunking, chunk_text
-from compressor.retrieval.embedder import Embedder
 from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
 from compressor.retrieval.store import Document, IndexStore, rebuild
 from compressor.retrieval.vectors import IndexSpec, VectorIndex

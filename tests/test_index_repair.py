@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_index import RIVERS
 
-from compressor.retrieval.embedder import Embedder
+from compressor.embedding import Embedder
 from compressor.retrieval.errors import IndexCorrupt
 from compressor.retrieval.repair import repair
 from compressor.retrieval.store import Document, IndexStore, rebuild

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from compressor.client import FocalClient
-from compressor.retrieval.embedder import Embedder
+from compressor.embedding import Embedder
 from compressor.retrieval.store import Document, IndexStore
 from compressor.service.server import FocalServer
 from compressor.service.settings import Settings

@@ -69,6 +69,16 @@ def test_happy_path(server):
     assert {"queue", "rank", "total"} <= set(reply.timings_ms)
 
 
+def test_adaptive_budget_chooses_the_tokens_under_a_ceiling(server):
+    with server.client() as client:
+        free = client.compress(SAMPLE["question"], CHUNKS, adaptive=True)
+        capped = client.compress(SAMPLE["question"], CHUNKS, adaptive=True, target_tokens=40)
+    assert "15 minutes" in free.prompt
+    assert 0 < free.usage.compressed_tokens < free.usage.original_tokens / 2
+    assert free.usage.target_tokens == free.usage.original_tokens
+    assert capped.usage.target_tokens == 40 and 0 < capped.usage.compressed_tokens <= 40
+
+
 def test_health_and_reflection(server):
     channel = grpc.insecure_channel(server.target)
     status = health_pb2_grpc.HealthStub(channel).Check(
@@ -88,6 +98,8 @@ def test_health_and_reflection(server):
     (lambda m: m.chunks.append(pb.Chunk(id="Release process", text="again")), "duplicate chunk id"),
     (lambda m: m.chunks.append(pb.Chunk(id="big", text="x" * 100_001)), "100000"),
     (lambda m: setattr(m, "query", "q" * 4001), "4000"),
+    (lambda m: (m.adaptive.SetInParent(), setattr(m, "query", " ")), "needs one"),
+    (lambda m: (m.adaptive.SetInParent(), setattr(m, "method", pb.METHOD_TOKEN)), "sentence and chunk"),
 ])
 def test_invalid_argument_names_the_field(server, mutate, needle):
     message = pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in CHUNKS])

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from compressor.cli.inputs import chunk_of, read_chunks
-from compressor.compression.request import METHODS
+from compressor.compression.request import DEFAULT_METHOD, METHODS
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,8 +20,10 @@ def run(args: argparse.Namespace) -> int:
             chunks = [] if args.retrieve_top_k else [(str(c.get("id", i)), chunk_of(i, c).text)
                                                      for i, c in enumerate(row["chunks"])]
             try:
-                reply = client.compress(row["question"], chunks, rate=args.rate, method=args.method,
-                                        retrieve_top_k=args.retrieve_top_k, namespace=args.namespace)
+                reply = client.compress(row["question"], chunks, rate=None if args.adaptive else args.rate,
+                                        target_tokens=args.target_tokens, method=args.method,
+                                        adaptive=args.adaptive, retrieve_top_k=args.retrieve_top_k,
+                                        namespace=args.namespace)
             except grpc.RpcError as error:
                 print(f"focal call: {error.code().name}: {error.details()}", file=sys.stderr)
                 return 1
@@ -36,8 +38,11 @@ def add_parser(commands) -> None:
     call = commands.add_parser("call", help="send JSONL questions ({question, chunks}) to a running service")
     call.add_argument("inputs", nargs="+")
     call.add_argument("--target", default="127.0.0.1:50051")
-    call.add_argument("--rate", type=float, default=0.25)
-    call.add_argument("--method", choices=METHODS, default="token")
+    call.add_argument("--rate", type=float, default=0.25, help="default: %(default)s")
+    call.add_argument("--adaptive", action="store_true",
+                      help="keep what is relevant instead of --rate (--target-tokens: a ceiling)")
+    call.add_argument("--target-tokens", type=int, default=None, help="with --adaptive: the ceiling in tokens")
+    call.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="default: %(default)s")
     call.add_argument("--token", default=None, help="bearer token, when the service requires one")
     call.add_argument("--ca", default=None, help="PEM CA bundle: connect with TLS")
     call.add_argument("--retrieve-top-k", type=int, default=0,

@@ -9,7 +9,14 @@ import time
 from dataclasses import asdict
 
 from compressor.cli.inputs import chunk_of, read_chunks
-from compressor.compression.request import METHODS, REORDERS, CompressionInputError, CompressOptions, CompressRequest
+from compressor.compression.request import (
+    DEFAULT_METHOD,
+    METHODS,
+    REORDERS,
+    CompressionInputError,
+    CompressOptions,
+    CompressRequest,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
         chunks, questions = read_chunks(args.inputs)
         if chunks and not args.query:
             raise CompressionInputError("--query", "is required when the inputs are chunks")
-        requests = [CompressRequest(args.query or "", chunks, args.rate, args.target_tokens, args.method, options)]
+        requests = [CompressRequest(args.query or "", chunks, args.rate, args.target_tokens, args.method,
+                                    args.adaptive, options)]
         if questions:
             requests = [CompressRequest(q["question"], [chunk_of(i, c) for i, c in enumerate(q["chunks"])],
-                                        args.rate, args.target_tokens, args.method, options) for q in questions]
+                                        args.rate, args.target_tokens, args.method, args.adaptive, options)
+                        for q in questions]
         for request in requests:
             request.validate()
     except (CompressionInputError, OSError) as exc:
@@ -65,8 +74,11 @@ def add_parser(commands) -> None:
     compress.add_argument("--query", "-q", help="the question (required for chunk inputs)")
     budget = compress.add_mutually_exclusive_group()
     budget.add_argument("--rate", type=float, default=None, help="fraction of the context tokens to keep (0, 1]")
-    budget.add_argument("--target-tokens", type=int, default=None, help="token budget for the kept context")
-    compress.add_argument("--method", choices=METHODS, default="token", help="default: %(default)s")
+    budget.add_argument("--target-tokens", type=int, default=None,
+                        help="token budget for the kept context (with --adaptive: its ceiling)")
+    compress.add_argument("--adaptive", action="store_true",
+                          help="no fixed rate: keep what is relevant to the question and drop the rest")
+    compress.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="default: %(default)s")
     compress.add_argument("--reorder", choices=REORDERS, default="original", help="default: %(default)s")
     compress.add_argument("--instruction", default="", help="text put before the context, never compressed")
     compress.add_argument("--separator", default="\\n\\n", help="between kept chunks (escapes allowed)")

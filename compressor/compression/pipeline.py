@@ -1,11 +1,24 @@
-"""Query-aware compression of retrieved chunks: coarse ranking, a budget controller, fine selection.
+"""Query-aware compression of retrieved chunks: ranking, a budget, selection.
+
+Ranking (with a question): the embedder scores every sentence (code: line) against the question;
+a chunk's embedder score is its best sentence's. The language model then reads only the
+``Tuning.candidates`` chunks the embedder ranks highest and scores how likely it finds the
+question after each (LongLLMLingua's coarse signal); a chunk's relevance is the fusion of both
+(``compressor.compression.relevance``). Without a question, chunks keep the retriever's order.
 
 Methods:
-- ``token``: rank chunks, give admitted chunks an allotment by rank, keep each chunk's most
-  informative words (surprisal given the question, boosted where the question raised the
-  probability); code chunks keep whole lines and their signatures.
-- ``sentence``: the same with whole sentences (lines for code).
-- ``chunk``: rank and keep whole chunks while they fit; no edits inside a chunk.
+- ``sentence`` (the default): keep the sentences (code: lines) with the best score, which is
+  the sentence's own similarity to the question plus its chunk's relevance, so that a relevant
+  chunk keeps its answer sentence and loses its filler; a kept code line brings its function's
+  signature. The output reads as prose.
+- ``token``: give the best-ranked chunks an allotment by rank and keep each one's most
+  informative words (the model's surprisal given the question); code keeps whole lines and
+  signatures. Denser, but it reads as word salad, and costs a second model pass.
+- ``chunk``: keep whole chunks in order of relevance while they fit; no edits inside a chunk.
+
+The adaptive budget (``CompressRequest.adaptive``) sets no rate: the ``sentence`` score decides,
+keeping every sentence above ``Tuning.adaptive_threshold`` (Provence-style), up to an optional
+ceiling in tokens.
 
 The budget bounds the tokens of the kept context (the instruction and question are added around
 it and reported separately). It is honoured exactly: after assembly the context is counted with
@@ -19,18 +32,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from compressor.compression import budget
+from compressor.compression import budget, relevance
+from compressor.compression.relevance import ChunkSentences, TextEmbedder
 from compressor.compression.request import ChunkResult, CompressRequest, CompressResult
 from compressor.compression.scoring import ChunkTokens, SignalScorer
-from compressor.compression.units import ScoredUnit, choose, render, token_importance, units_of
+from compressor.compression.units import (
+    ScoredUnit,
+    choose,
+    choose_sentences,
+    render,
+    sentence_units,
+    token_importance,
+    units_of,
+)
+from compressor.embedding import default_embedder
 from engine import Engine, Interrupted
 
 
 @dataclass(frozen=True)
 class Tuning:
-    """Knobs of the token/sentence methods (defaults tuned on the NQ and code dev sets)."""
+    """Knobs of the ranking and the methods, tuned on questions 1-50 of the NQ and code dev sets
+    (``python -m bench.tune``; ``bench.quality`` reports questions 51-100)."""
 
-    density: float = 0.7  # average fraction of its tokens an admitted chunk keeps
+    candidates: int = 4  # chunks the language model reads (the embedder's best)
+    window: int = 48  # tokens of a candidate the model reads, around its best sentence (0 = the whole chunk)
+    likelihood_weight: float = 1.0  # the model's z-scored question likelihood, against the embedder's z-score
+    chunk_weight: float = 0.5  # sentence score = own similarity z-score + this x its chunk's relevance
+    adaptive_threshold: float = 1.0  # adaptive budget: keep the sentences whose score reaches this
+    density: float = 0.7  # token method: average fraction of its tokens an admitted chunk keeps
     steepness: float = 2.0  # how fast the kept fraction falls with rank (see compressor.compression.budget)
     # Weight of the question's effect on a token's probability (LongLLMLingua's contrastive score).
     # It changed no answer on the dev sets and costs the question-free log-probabilities of every
@@ -61,11 +90,16 @@ class _Staged:
     unique: list[int]
     started: float
     timings: dict[str, float] = field(default_factory=dict)
+    sentences: dict[int, ChunkSentences] = field(default_factory=dict)  # unique chunk -> its scored units
+    candidates: dict[int, ChunkTokens] = field(default_factory=dict)  # what the model reads, per chunk
+    scores: dict[int, float] = field(default_factory=dict)  # unique chunk -> relevance (higher = better)
 
 
 class Compressor:
-    def __init__(self, engine: Engine, tuning: Tuning | None = None) -> None:
+    def __init__(self, engine: Engine, embedder: TextEmbedder | None = None, tuning: Tuning | None = None) -> None:
+        """``embedder``: the sentence embedder (default: all-MiniLM-L6-v2, loaded once per process)."""
         self.engine = engine
+        self.embedder = embedder if embedder is not None else default_embedder()
         self.scorer = SignalScorer(engine)
         self.tuning = tuning or Tuning()
 
@@ -86,29 +120,59 @@ class Compressor:
         jobs = [self._prepare(request) for request in requests]
         by_instruction: dict[str, list[_Staged]] = {}
         for job in jobs:
-            if alive(job.request):
-                by_instruction.setdefault(job.request.options.instruction, []).append(job)
+            try:
+                self._embed(job, stop=lambda job=job: not alive(job.request))
+            except Interrupted:
+                continue
+            by_instruction.setdefault(job.request.options.instruction, []).append(job)
         ranked: set[int] = set()
         for instruction, group in by_instruction.items():
             started = time.perf_counter()
             try:
-                self.scorer.coarse([([job.tokens[i] for i in job.unique], job.request.query) for job in group],
-                                   instruction, plain=self.tuning.contrast != 0,
-                                   stop=lambda group=group: not any(alive(job.request) for job in group))
+                if any(job.candidates for job in group):
+                        self.scorer.coarse([(list(job.candidates.values()), job.request.query) for job in group],
+                                       instruction, plain=self.tuning.contrast != 0,
+                                       stop=lambda group=group: not any(alive(job.request) for job in group))
             except Interrupted:
                 continue  # every request of the group was abandoned
             for job in group:
                 job.timings["rank"] = time.perf_counter() - started
+                job.scores = self._relevance(job)
                 ranked.add(id(job))
         return [self._finish(job, alive) if id(job) in ranked and alive(job.request) else None for job in jobs]
+
+    def _embed(self, job: _Staged, stop: Callable[[], bool]) -> None:
+        """With a question: every unique chunk's units and their similarity to it, and the chunks
+        the model will read. Without one there is nothing to rank by: the retriever's order ranks
+        the chunks, and only those the budget cuts are read (by the fine pass)."""
+        if stop():
+            raise Interrupted("the request was abandoned before it was ranked")
+        if not job.request.query:
+            return
+        started = time.perf_counter()
+        scored = relevance.embed_sentences(self.embedder, job.request.query, [job.texts[i] for i in job.unique],
+                                           stop)
+        job.sentences = dict(zip(job.unique, scored))
+        best = sorted(job.unique, key=lambda i: (-job.sentences[i].best, i))[: self.tuning.candidates]
+        job.candidates = {i: relevance.model_view(job.tokens[i], job.sentences[i], self.tuning.window) for i in best}
+        job.timings["embed"] = time.perf_counter() - started
+
+    def _relevance(self, job: _Staged) -> dict[int, float]:
+        if not job.request.query:
+            return {i: job.request.chunks[i].score or 0.0 for i in job.unique}
+        likelihood = {i: view.relevance for i, view in job.candidates.items()}
+        return relevance.fuse({i: job.sentences[i].best for i in job.unique}, likelihood,
+                              self.tuning.likelihood_weight)
 
     def _prepare(self, request: CompressRequest) -> _Staged:
         clock = time.perf_counter()
         texts = [c.text for c in request.chunks]
         tokens = self.scorer.tokenize(texts)
         original = self.count(request.options.separator.join(t.strip() for t in texts if t.strip()))
-        target = original if request.rate is None and request.target_tokens is None else (
-            int(request.rate * original) if request.rate is not None else min(request.target_tokens, original))
+        if request.rate is not None:
+            target = int(request.rate * original)
+        else:  # an absolute budget, the adaptive budget's ceiling, or none (keep everything)
+            target = min(request.target_tokens or original, original)
         duplicate_of = self._duplicates(request)
         unique = [i for i in range(len(texts)) if i not in duplicate_of]
         job = _Staged(request, texts, tokens, original, target, duplicate_of, unique, clock)
@@ -119,32 +183,25 @@ class Compressor:
         request, texts, tokens, target = job.request, job.texts, job.tokens, job.target
         options = request.options
         sizes = [len(t.ids) for t in tokens]
-        order = self._rank(request, tokens, job.unique)
-        started = time.perf_counter()
-        if request.method == "chunk" or target >= job.original:
-            allotment = budget.whole_chunks(order, sizes, target)
-        else:
-            allotment = budget.allocate(order, sizes, target, self.tuning.density, self.tuning.steepness)
-        partial = [i for i, n in allotment.items() if n < sizes[i]]
-        try:
-            self.scorer.fine([tokens[i] for i in partial], request.query, options.instruction,
-                             stop=lambda: not alive(request))
-        except Interrupted:
-            return None
-        job.timings["fine"] = time.perf_counter() - started
-
-        started = time.perf_counter()
+        order = sorted(job.unique, key=lambda i: (-job.scores[i], i))
         units: dict[int, list[ScoredUnit]] = {}
         kept: dict[int, list[int]] = {}
-        force = {t.strip() for t in options.force_tokens if t.strip()}
-        granularity = "word" if request.method == "token" else "sentence"
-        for index in partial:
-            importance = token_importance(tokens[index], self.tuning.contrast)
-            units[index] = units_of(texts[index], tokens[index], importance, granularity, force)
-            kept[index] = choose(units[index], allotment[index])
-        chosen = {i: (render(texts[i], units[i], kept[i]) if i in units else texts[i].strip())
-                  for i in allotment}
-        context_order = self._order(options.reorder, [i for i in order if i in allotment and chosen[i]])
+        started = time.perf_counter()
+        if request.method == "chunk" or (target >= job.original and not request.adaptive):
+            allotment = (self._adaptive_chunks(job, order) if request.adaptive
+                         else budget.whole_chunks(order, sizes, target))
+            chosen = {i: texts[i].strip() for i in allotment}
+        elif request.method == "sentence" and request.query:
+            threshold = self.tuning.adaptive_threshold if request.adaptive else None
+            units = self._sentence_units(job)
+            kept = choose_sentences(units, target, threshold)
+            units = {i: units[i] for i in kept}
+            chosen = {i: render(texts[i], units[i], kept[i]) for i in kept}
+        else:
+            chosen = self._within_chunks(job, order, sizes, units, kept, alive)
+            if chosen is None:
+                return None
+        context_order = self._order(options.reorder, [i for i in order if chosen.get(i)])
         rank_of = {index: rank for rank, index in enumerate(order)}
         context = self._fit(context_order, rank_of, chosen, units, kept, texts, target, options.separator)
         job.timings["select"] = time.perf_counter() - started
@@ -152,17 +209,66 @@ class Compressor:
         results = []
         for index, chunk in enumerate(request.chunks):
             dup = job.duplicate_of.get(index)
+            owner = dup if dup is not None else index
             kept_text = chosen.get(index, "") if index in context_order else ""
             results.append(ChunkResult(
                 id=chunk.id, kept_text=kept_text, original_tokens=sizes[index], kept_tokens=self.count(kept_text),
-                relevance=tokens[dup if dup is not None else index].relevance,
-                rank=rank_of.get(dup if dup is not None else index, len(order)),
+                relevance=job.scores[owner], rank=rank_of.get(owner, len(order)),
                 duplicate_of=request.chunks[dup].id if dup is not None else None))
         prompt = self._prompt(context, request)
         job.timings["total"] = time.perf_counter() - job.started
         return CompressResult(prompt=prompt, chunks=results, original_tokens=job.original,
                               compressed_tokens=self.count(context), prompt_tokens=self.count(prompt),
                               target_tokens=target, method=request.method, timings=job.timings)
+
+    def _sentence_units(self, job: _Staged) -> dict[int, list[ScoredUnit]]:
+        """Every unique chunk's units, scored against each other (one z-scale over the request)."""
+        flat = relevance.zscores([s for i in job.unique for s in job.sentences[i].similarity])
+        units, position = {}, 0
+        for index in job.unique:
+            count = len(job.sentences[index].similarity)
+            units[index] = sentence_units(job.texts[index], job.tokens[index], job.sentences[index],
+                                          flat[position : position + count], job.scores[index],
+                                          self.tuning.chunk_weight)
+            position += count
+        return units
+
+    def _adaptive_chunks(self, job: _Staged, order: list[int]) -> dict[int, int]:
+        """Adaptive budget, whole chunks: those holding a sentence that reaches the threshold, best
+        first, while they fit the ceiling."""
+        units = self._sentence_units(job)
+        relevant = [i for i in order if units[i] and max(u.importance for u in units[i])
+                    >= self.tuning.adaptive_threshold]
+        return budget.whole_chunks(relevant, [len(t.ids) for t in job.tokens], job.target)
+
+    def _within_chunks(self, job: _Staged, order: list[int], sizes: list[int], units: dict[int, list[ScoredUnit]],
+                       kept: dict[int, list[int]], alive: Callable[[CompressRequest], bool]) -> dict[int, str] | None:
+        """The token method (and sentence selection without a question): allotments by rank, then
+        each cut chunk keeps its most informative units by the model's fine pass. Fills ``units``
+        and ``kept``; None when the request was abandoned during the pass."""
+        request, texts, tokens, target = job.request, job.texts, job.tokens, job.target
+        if target >= job.original:
+            allotment = budget.whole_chunks(order, sizes, target)
+        else:
+            allotment = budget.allocate(order, sizes, target, self.tuning.density, self.tuning.steepness)
+        partial = [i for i, n in allotment.items() if n < sizes[i]]
+        started = time.perf_counter()
+        try:
+            if self.tuning.contrast:
+                self.scorer.plain([tokens[i] for i in partial], request.options.instruction,
+                                  stop=lambda: not alive(request))
+            self.scorer.fine([tokens[i] for i in partial], request.query, request.options.instruction,
+                             stop=lambda: not alive(request))
+        except Interrupted:
+            return None
+        job.timings["fine"] = time.perf_counter() - started
+        force = {t.strip() for t in request.options.force_tokens if t.strip()}
+        granularity = "word" if request.method == "token" else "sentence"
+        for index in partial:
+            importance = token_importance(tokens[index], self.tuning.contrast)
+            units[index] = units_of(texts[index], tokens[index], importance, granularity, force)
+            kept[index] = choose(units[index], allotment[index])
+        return {i: (render(texts[i], units[i], kept[i]) if i in units else texts[i].strip()) for i in allotment}
 
     @staticmethod
     def _duplicates(request: CompressRequest) -> dict[int, int]:
@@ -176,13 +282,6 @@ class Compressor:
             else:
                 first[key] = index
         return duplicates
-
-    @staticmethod
-    def _rank(request: CompressRequest, tokens: list[ChunkTokens], unique: list[int]) -> list[int]:
-        """Most relevant first: the engine's relevance; without a query, the retriever's score, then input order."""
-        if request.query:
-            return sorted(unique, key=lambda i: (-tokens[i].relevance, i))
-        return sorted(unique, key=lambda i: (-(request.chunks[i].score or 0.0), i))
 
     @staticmethod
     def _order(reorder: str, kept_by_rank: list[int]) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 METHODS = ("token", "sentence", "chunk")
+DEFAULT_METHOD = "sentence"  # as many answers as token on the dev sets, and it reads as prose
 REORDERS = ("original", "relevance", "edges")
 
 
@@ -38,8 +39,9 @@ class CompressRequest:
     query: str
     chunks: list[Chunk]
     rate: float | None = None  # fraction of the chunks' tokens to keep, in (0, 1]
-    target_tokens: int | None = None  # or an absolute budget for the kept context
-    method: str = "token"
+    target_tokens: int | None = None  # or an absolute budget for the kept context (with adaptive: its ceiling)
+    method: str = DEFAULT_METHOD
+    adaptive: bool = False  # no rate: keep what is relevant to the query and drop the rest
     options: CompressOptions = field(default_factory=CompressOptions)
 
     def validate(self) -> None:
@@ -49,6 +51,15 @@ class CompressRequest:
             raise CompressionInputError("method", f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.rate is not None and self.target_tokens is not None:
             raise CompressionInputError("rate", "give rate or target_tokens, not both")
+        if self.adaptive:
+            if self.rate is not None:
+                raise CompressionInputError("rate", "the adaptive budget chooses the rate; give at most a ceiling "
+                                                    "in target_tokens")
+            if not self.query.strip():
+                raise CompressionInputError("query", "the adaptive budget keeps what is relevant to the query, "
+                                                     "so it needs one")
+            if self.method == "token":
+                raise CompressionInputError("method", "the adaptive budget works with the sentence and chunk methods")
         if self.rate is not None and not 0 < self.rate <= 1:
             raise CompressionInputError("rate", f"must be in (0, 1], got {self.rate}")
         if self.target_tokens is not None and self.target_tokens < 1:

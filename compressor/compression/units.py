@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from compressor.compression.relevance import ChunkSentences
 from compressor.compression.scoring import ChunkTokens
 from compressor.text import segment
 
@@ -41,14 +42,9 @@ def units_of(text: str, chunk: ChunkTokens, importance: torch.Tensor, granularit
         spans = segment.words(text)
     else:
         spans = segment.sentences(text)
-    starts = [start for start, _ in chunk.offsets]
-    units, token = [], 0
-    for position, span in enumerate(spans):
-        end = spans[position + 1].start if position + 1 < len(spans) else len(text) + 1
-        first = token
-        while token < len(starts) and starts[token] < end:
-            token += 1
-        values = importance[first:token]
+    units = []
+    for span, (first, last) in zip(spans, _token_ranges(text, spans, chunk)):
+        values = importance[first:last]
         if values.numel() == 0:
             score = float("-inf")
         elif granularity == "word" and not code:
@@ -57,8 +53,56 @@ def units_of(text: str, chunk: ChunkTokens, importance: torch.Tensor, granularit
             score = values.mean().item()
         body = span.text(text).strip()
         forced = body in force or (code and segment.is_signature(span.text(text)))
-        units.append(ScoredUnit(span, token - first, score, forced))
+        units.append(ScoredUnit(span, last - first, score, forced))
     return units
+
+
+def _token_ranges(text: str, spans: list[segment.Span], chunk: ChunkTokens) -> list[tuple[int, int]]:
+    """For each span, the range of the chunk's tokens that start inside it (one linear pass)."""
+    starts = [start for start, _ in chunk.offsets]
+    ranges, token = [], 0
+    for position in range(len(spans)):
+        end = spans[position + 1].start if position + 1 < len(spans) else len(text) + 1
+        first = token
+        while token < len(starts) and starts[token] < end:
+            token += 1
+        ranges.append((first, token))
+    return ranges
+
+
+def sentence_units(text: str, chunk: ChunkTokens, sentences: ChunkSentences, similarity_z: list[float],
+                   chunk_relevance: float, chunk_weight: float) -> list[ScoredUnit]:
+    """A chunk's sentences (code: lines) scored for selection across chunks: the sentence's own
+    z-scored similarity to the question plus ``chunk_weight`` x its chunk's relevance. A code
+    signature scores just above the chunk's best line, so a function never loses its name while
+    keeping any of its body."""
+    scores = [z + chunk_weight * chunk_relevance for z in similarity_z]
+    best = max(scores, default=0.0)
+    code = segment.looks_like_code(text)
+    units = []
+    for span, score, (first, last) in zip(sentences.spans, scores, _token_ranges(text, sentences.spans, chunk)):
+        if code and segment.is_signature(span.text(text)):
+            score = max(score, best + 1e-6)
+        units.append(ScoredUnit(span, last - first, score, False))
+    return units
+
+
+def choose_sentences(units: dict[int, list[ScoredUnit]], allotment: int,
+                     threshold: float | None = None) -> dict[int, list[int]]:
+    """Across chunks: the best-scoring units that fit ``allotment`` (and, if given, score at least
+    ``threshold``); chunk index -> its kept unit indices in text order."""
+    ranked = sorted(((unit.importance, index, position) for index, chunk in units.items()
+                     for position, unit in enumerate(chunk)), key=lambda item: (-item[0], item[1], item[2]))
+    kept: dict[int, list[int]] = {}
+    used = 0
+    for importance, index, position in ranked:
+        if threshold is not None and importance < threshold:
+            break
+        cost = units[index][position].cost
+        if used + cost <= allotment:
+            kept.setdefault(index, []).append(position)
+            used += cost
+    return {index: sorted(positions) for index, positions in kept.items()}
 
 
 def choose(units: list[ScoredUnit], allotment: int) -> list[int]:

@@ -1,5 +1,5 @@
 """In-service retrieval: a durable, namespaced FAISS index of chunked, embedded documents.
 
-faiss and the embedder are imported by ``store``, ``vectors`` and ``embedder`` only, so the
+faiss and the embedder (``compressor.embedding``) are imported by ``store`` and ``vectors`` only, so the
 service can map this package's ``errors`` without them installed.
 """

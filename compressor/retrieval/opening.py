@@ -23,7 +23,7 @@ class StoreConfig:
 
 
 def open_store(config: StoreConfig) -> IndexStore:
-    from compressor.retrieval.embedder import Embedder
+    from compressor.embedding import Embedder
 
     embedder = Embedder(config.embedder or None, config.embedder_dim, config.embed_batch)
     return IndexStore(config.data_dir, embedder, config.spec, config.chunking, config.limits, config.snapshot_every)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compressor.embedding import Embedder
 from compressor.retrieval.chunker import Chunking, chunk_text
-from compressor.retrieval.embedder import Embedder
 from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
 from compressor.retrieval.vectors import IndexSpec, VectorIndex
 from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan, verify

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError, Message
 
 from compressor.compression.request import (
+    DEFAULT_METHOD,
     Chunk,
     CompressionInputError,
     CompressOptions,
@@ -17,7 +18,7 @@ from compressor.compression.request import (
 from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.service.settings import Settings
 
-_METHODS = {pb.METHOD_UNSPECIFIED: "token", pb.METHOD_TOKEN: "token", pb.METHOD_SENTENCE: "sentence",
+_METHODS = {pb.METHOD_UNSPECIFIED: DEFAULT_METHOD, pb.METHOD_TOKEN: "token", pb.METHOD_SENTENCE: "sentence",
             pb.METHOD_CHUNK: "chunk"}
 _REORDERS = {pb.REORDER_UNSPECIFIED: "original", pb.REORDER_ORIGINAL: "original",
              pb.REORDER_RELEVANCE: "relevance", pb.REORDER_EDGES: "edges"}
@@ -79,8 +80,10 @@ def to_request(message: pb.CompressRequest, limits: Settings) -> CompressRequest
         chunks=[Chunk(c.id, c.text, c.score if c.HasField("score") else None, dict(c.metadata))
                 for c in message.chunks],
         rate=message.rate if budget == "rate" else None,
-        target_tokens=message.target_tokens if budget == "target_tokens" else None,
+        target_tokens=(message.target_tokens if budget == "target_tokens" else
+                       message.adaptive.max_tokens or None if budget == "adaptive" else None),
         method=_METHODS[message.method],
+        adaptive=budget == "adaptive",
         options=CompressOptions(
             force_tokens=list(options.force_tokens),
             reorder=_REORDERS[options.reorder],

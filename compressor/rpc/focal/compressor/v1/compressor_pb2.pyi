@@ -63,7 +63,7 @@ class Options(_message.Message):
     def __init__(self, force_tokens: _Optional[_Iterable[str]] = ..., reorder: _Optional[_Union[Reorder, str]] = ..., instruction: _Optional[str] = ..., separator: _Optional[str] = ..., include_question: _Optional[bool] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "chunks", "rate", "target_tokens", "method", "options", "retrieve_top_k", "namespace", "filter")
+    __slots__ = ("query", "chunks", "rate", "target_tokens", "adaptive", "method", "options", "retrieve_top_k", "namespace", "filter")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class CompressRequest(_message.Message):
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     RETRIEVE_TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -84,12 +85,19 @@ class CompressRequest(_message.Message):
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
     rate: float
     target_tokens: int
+    adaptive: AdaptiveBudget
     method: Method
     options: Options
     retrieve_top_k: int
     namespace: str
     filter: _containers.ScalarMap[str, str]
-    def __init__(self, query: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., retrieve_top_k: _Optional[int] = ..., namespace: _Optional[str] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, query: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., adaptive: _Optional[_Union[AdaptiveBudget, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., retrieve_top_k: _Optional[int] = ..., namespace: _Optional[str] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AdaptiveBudget(_message.Message):
+    __slots__ = ("max_tokens",)
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    def __init__(self, max_tokens: _Optional[int] = ...) -> None: ...
 
 class ChunkResult(_message.Message):
     __slots__ = ("id", "kept_text", "original_tokens", "kept_tokens", "relevance", "rank", "duplicate_of")

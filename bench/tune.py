@@ -1,0 +1,234 @@
+"""Tuning the compressor's ranking and sentence selection on dev questions 1-50 of each shared set
+(``bench.quality`` reports questions 51-100, which tuning never sees).
+
+The expensive signals are computed once per question, as the pipeline computes them: the
+embedder's similarity of every sentence (code: line) to the question, and the model's question
+likelihood for the ``MAX_CANDIDATES`` chunks the embedder ranks highest. Every setting of the grid
+is then replayed with the pipeline's own functions (``relevance.fuse``, ``units.sentence_units``,
+``units.choose_sentences``, ``units.render``) at rates 1/4 and 1/8; the replay skips only the
+final exact trim to the budget, which the benchmark applies. The adaptive threshold is swept the
+same way (tokens kept against answers kept). The chosen setting maximises mean answer recall over
+the four cells among settings where the model reads at most ``--max-model-tokens`` per question
+on average: the language model's forward pass costs several times the embedder's per token, and
+the time bar (at most 1.5x the embedding baseline's time per question in ``bench.quality``) leaves
+room for only a few hundred model tokens on the 2-core CPU we measure on. Ties go to fewer model
+tokens, then to the current default.
+
+    python -m bench.tune [--questions 50] [--max-model-tokens 280]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import itertools
+import pickle
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from bench.peers import CACHE
+from bench.quality import DEFAULT_DATA, TUNING_QUESTIONS, answer_found
+from bench.report import RESULTS, markdown_table, progress, provenance, write
+from compressor.compression import relevance
+from compressor.compression.pipeline import Tuning
+from compressor.compression.relevance import ChunkSentences
+from compressor.compression.scoring import QUESTION_SUFFIX, ChunkTokens, SignalScorer
+from compressor.compression.units import choose_sentences, render, sentence_units
+from compressor.embedding import Embedder
+from devtools.data import chunk_text, read_rows
+from engine import Engine
+from engine.device import preferred_dtype
+
+MAX_CANDIDATES = 8
+RATES = (0.25, 0.125)
+GRID = {"candidates": (0, 2, 3, 4, 6, 8), "window": (0, 48, 64, 96), "likelihood_weight": (0.5, 1.0, 2.0),
+        "chunk_weight": (0.5, 1.0, 2.0)}
+THRESHOLDS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5)
+
+
+@dataclass
+class Signals:
+    row: dict
+    texts: list[str]
+    tokens: list[ChunkTokens]
+    sentences: list[ChunkSentences]
+    by_embedder: list[int]  # chunk indices, best first
+    likelihood: dict[int, dict[int, float]]  # window -> the model's question likelihood, for the embedder's best
+    original: int
+    question_tokens: int  # what the model reads after each candidate: "\n\nQuestion: ..."
+
+
+def signals(engine: Engine, scorer: SignalScorer, embedder: Embedder, row: dict) -> Signals:
+    texts = [chunk_text(c) for c in row["chunks"]]
+    tokens = scorer.tokenize(texts)
+    sentences = relevance.embed_sentences(embedder, row["question"], texts)
+    order = sorted(range(len(texts)), key=lambda i: (-sentences[i].best, i))
+    signals = Signals(row, texts, tokens, sentences, order, {}, len(engine.encode("\n\n".join(texts))), 0)
+    complete(scorer, signals)
+    return signals
+
+
+def complete(scorer: SignalScorer, s: Signals) -> None:
+    """The model's question likelihood for every window of the grid not yet in ``s``."""
+    s.question_tokens = len(scorer.engine.encode(QUESTION_SUFFIX.format(query=s.row["question"])))
+    for window in GRID["window"]:
+        if window not in s.likelihood:
+            views = [relevance.model_view(s.tokens[i], s.sentences[i], window) for i in s.by_embedder[:MAX_CANDIDATES]]
+            scorer.coarse([(views, s.row["question"])], "", plain=False)
+            s.likelihood[window] = {i: view.relevance for i, view in zip(s.by_embedder, views)}
+
+
+def cached_signals(engine: Engine, questions: int) -> dict[str, list[Signals]]:
+    """Signals of the first ``questions`` of each set, computed once per data, model and pipeline
+    code (bench/.cache): re-running the grid after a change to this file costs seconds."""
+    source = b"".join(p.read_bytes() for p in (*DEFAULT_DATA.values(), *map(_module_file, (relevance, SignalScorer))))
+    key = hashlib.sha1(source + f"{questions}/{MAX_CANDIDATES}/{engine.config}".encode()).hexdigest()[:16]
+    path = CACHE / f"tune-signals-{key}.pkl"
+    scorer = SignalScorer(engine)
+    if path.exists():  # computed before: add what a wider grid needs
+        data = pickle.loads(path.read_bytes())
+        for name, rows in data.items():
+            for number, s in enumerate(rows, 1):
+                complete(scorer, s)
+                progress(f"signals {name}: {number}/{len(rows)} (completed)")
+        path.write_bytes(pickle.dumps(data))
+        return data
+    embedder = Embedder()
+    data: dict[str, list[Signals]] = {}
+    started = time.perf_counter()
+    for name, data_path in DEFAULT_DATA.items():
+        rows = read_rows(data_path)[:questions]
+        data[name] = []
+        for number, row in enumerate(rows, 1):
+            data[name].append(signals(engine, scorer, embedder, row))
+            progress(f"signals {name}: {number}/{len(rows)}, {time.perf_counter() - started:.0f}s")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(data))
+    return data
+
+
+def _module_file(thing: object) -> Path:
+    return Path(inspect.getfile(thing))
+
+
+def replay(s: Signals, tuning: Tuning, budget: int, threshold: float | None = None) -> str:
+    likelihood = {i: s.likelihood[tuning.window][i] for i in s.by_embedder[: tuning.candidates]}
+    scores = relevance.fuse({i: c.best for i, c in enumerate(s.sentences)}, likelihood, tuning.likelihood_weight)
+    flat = relevance.zscores([x for c in s.sentences for x in c.similarity])
+    units, position = {}, 0
+    for index, chunk in enumerate(s.sentences):
+        count = len(chunk.similarity)
+        units[index] = sentence_units(s.texts[index], s.tokens[index], chunk, flat[position : position + count],
+                                      scores[index], tuning.chunk_weight)
+        position += count
+    kept = choose_sentences(units, budget, threshold)
+    return "\n\n".join(render(s.texts[i], units[i], kept[i]) for i in sorted(kept))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=TUNING_QUESTIONS, help="first N dev questions per set")
+    parser.add_argument("--max-model-tokens", type=int, default=280,
+                        help="the most tokens per question the chosen setting may have the model read")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.questions > TUNING_QUESTIONS:
+        parser.error(f"questions after {TUNING_QUESTIONS} are the reported half: tune on at most {TUNING_QUESTIONS}")
+    torch.set_num_threads(args.threads)
+    engine = Engine.load(dtype=preferred_dtype())
+    data = cached_signals(engine, args.questions)
+
+    default = Tuning()
+    grid = []
+    for values in itertools.product(*GRID.values()):
+        tuning = replace(default, **dict(zip(GRID, values)))
+        cells = {f"{name} 1/{round(1 / rate)}": sum(
+            answer_found(name, s.row, replay(s, tuning, int(rate * s.original))) for s in rows) / len(rows)
+            for name, rows in data.items() for rate in RATES}
+        read = [sum(min(len(s.tokens[i].ids), tuning.window or len(s.tokens[i].ids)) + s.question_tokens
+                    for i in s.by_embedder[: tuning.candidates]) for r in data.values() for s in r]
+        grid.append({**dict(zip(GRID, values)), "cells": cells, "mean": sum(cells.values()) / len(cells),
+                     "model_tokens": sum(read) / len(read)})
+    allowed = [g for g in grid if g["model_tokens"] <= args.max_model_tokens]
+    chosen = max(allowed, key=lambda g: (round(g["mean"], 6), -g["model_tokens"],
+                                         all(g[k] == getattr(default, k) for k in GRID)))
+    adaptive = []
+    tuned = replace(default, **{k: chosen[k] for k in GRID})
+    for threshold in THRESHOLDS:
+        entry = {"threshold": threshold}
+        for name, rows in data.items():
+            contexts = [replay(s, tuned, s.original, threshold) for s in rows]
+            found = sum(answer_found(name, s.row, c) for s, c in zip(rows, contexts))
+            entry[name] = {"answer_recall": found / len(rows),
+                           "tokens": sum(len(engine.encode(c)) for c in contexts) / len(rows),
+                           "original": sum(s.original for s in rows) / len(rows)}
+        adaptive.append(entry)
+    # The adaptive threshold keeps as few tokens as it can while every set keeps at least the answers
+    # the chosen setting keeps at rate 1/4.
+    floor = {name: chosen["cells"][f"{name} 1/4"] for name in data}
+    enough = [a["threshold"] for a in adaptive if all(a[name]["answer_recall"] >= floor[name] for name in data)]
+    threshold = max(enough, default=min(THRESHOLDS))
+    payload = {"questions": args.questions, "grid": grid,
+               "chosen": {**{k: chosen[k] for k in GRID}, "adaptive_threshold": threshold},
+               "max_model_tokens": args.max_model_tokens,
+               "adaptive": adaptive, "provenance": provenance({"grid": GRID, "thresholds": THRESHOLDS,
+                                                              "rates": RATES, "max_candidates": MAX_CANDIDATES})}
+    plot(adaptive, list(data))
+    write("tune", payload, report(payload))
+
+
+def report(payload: dict) -> str:
+    source = payload["provenance"]
+    cells = list(payload["grid"][0]["cells"])
+    rows = [[str(g["candidates"]), str(g["window"]), f"{g['model_tokens']:.0f}", str(g["likelihood_weight"]),
+             str(g["chunk_weight"]),
+             *[f"{g['cells'][c]:.2f}" for c in cells], f"{g['mean']:.3f}"]
+            for g in sorted(payload["grid"], key=lambda g: -g["mean"])]
+    names = [k for k in payload["adaptive"][0] if k != "threshold"]
+    adaptive = [[str(a["threshold"]), *[f"{a[n]['answer_recall']:.2f} at {a[n]['tokens']:.0f} / {a[n]['original']:.0f}"
+                                        for n in names]] for a in payload["adaptive"]]
+    return "\n".join([
+        f"# Tuning on dev questions 1-{payload['questions']} (answer recall, sentence method)\n",
+        f"Commit `{source['commit']}`{' (with uncommitted changes)' if source['uncommitted_changes'] else ''}, "
+        f"{source['date']}. Chosen among settings where the model reads at most {payload['max_model_tokens']} "
+        f"tokens per question: {payload['chosen']} (see `Tuning` in compressor/compression/pipeline.py). N = "
+        f"{payload['questions']} per set: one question is {1 / payload['questions']:.2f}.\n",
+        markdown_table(["candidates", "window", "tokens the model reads", "likelihood weight", "chunk weight", *cells,
+                        "mean"], rows) + "\n",
+        "## Adaptive threshold (with the chosen setting): recall at tokens kept / original\n",
+        "Chosen: the highest threshold (fewest tokens) at which every set keeps at least the answers the "
+        "chosen setting keeps at rate 1/4.\n",
+        "Plot: bench/results/tune.png\n",
+        markdown_table(["threshold", *names], adaptive) + "\n",
+    ])
+
+
+def plot(adaptive: list[dict], names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for name in names:
+        axis.plot([a[name]["tokens"] / a[name]["original"] for a in adaptive],
+                  [a[name]["answer_recall"] for a in adaptive], "-o", label=name)
+        for a in adaptive:
+            axis.annotate(str(a["threshold"]), (a[name]["tokens"] / a[name]["original"], a[name]["answer_recall"]),
+                          fontsize=7)
+    axis.set_xlabel("fraction of the context kept")
+    axis.set_ylabel("answer recall")
+    axis.set_title("Adaptive budget: threshold sweep on dev questions 1-50")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    figure.savefig(RESULTS / "tune.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""How relevant each chunk and each sentence is to the question: the embedder's similarities,
+fused with the language model's question likelihood where the model was asked.
+
+The embedder (22M parameters) reads every sentence; the language model only reads the few chunks
+the embedder ranks highest, which is where its judgement changes the outcome (the chunks near the
+budget's edge), at a fraction of the cost of reading everything. All scores are z-scores within
+one request, so that weights tuned on one set of questions carry to another.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from compressor.compression.scoring import ChunkTokens
+from compressor.text import segment
+from engine.api import StopCheck
+from engine.errors import Interrupted
+
+EMBED_SLICE = 256  # units per embedder call: a cancelled request stops within one slice
+
+
+class TextEmbedder(Protocol):
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), dim)`` unit vectors (inner product = cosine similarity)."""
+
+
+@dataclass
+class ChunkSentences:
+    """One chunk cut into the units sentence selection keeps or drops, with their similarity to the question."""
+
+    spans: list[segment.Span]
+    similarity: list[float]
+
+    @property
+    def best(self) -> float:
+        return max(self.similarity, default=-1.0)
+
+
+def units_of_text(text: str) -> list[segment.Span]:
+    """Sentences for prose, lines for code."""
+    return segment.lines(text) if segment.looks_like_code(text) else segment.sentences(text)
+
+
+def embed_sentences(embedder: TextEmbedder, query: str, texts: Sequence[str],
+                    stop: StopCheck | None = None) -> list[ChunkSentences]:
+    """Every chunk's units and their cosine similarity to ``query``. ``stop`` is asked before each
+    slice of ``EMBED_SLICE`` units; when it turns true, ``Interrupted`` is raised."""
+    spans = [units_of_text(text) for text in texts]
+    flat = [span.text(text).strip() for text, chunk in zip(texts, spans) for span in chunk]
+    question = embedder.embed([query])[0]
+    similarity: list[float] = []
+    for start in range(0, len(flat), EMBED_SLICE):
+        if stop is not None and stop():
+            raise Interrupted("the request was abandoned while its sentences were embedded")
+        similarity += (embedder.embed(flat[start : start + EMBED_SLICE]) @ question).tolist()
+    out, position = [], 0
+    for chunk in spans:
+        out.append(ChunkSentences(chunk, similarity[position : position + len(chunk)]))
+        position += len(chunk)
+    return out
+
+
+def zscores(values: Sequence[float]) -> list[float]:
+    """(v - mean) / standard deviation; all zeros when the values do not vary."""
+    if len(values) < 2:
+        return [0.0] * len(values)
+    mean, spread = statistics.fmean(values), statistics.pstdev(values)
+    return [(v - mean) / spread if spread > 0 else 0.0 for v in values]
+
+
+def fuse(embedding: dict[int, float], likelihood: dict[int, float], likelihood_weight: float) -> dict[int, float]:
+    """Chunk scores: the z-scored embedder score of every chunk, plus, for the chunks the language
+    model scored, ``likelihood_weight`` x their z-scored question likelihood among themselves."""
+    indices = list(embedding)
+    fused = dict(zip(indices, zscores([embedding[i] for i in indices])))
+    asked = [i for i in indices if i in likelihood]
+    for index, z in zip(asked, zscores([likelihood[i] for i in asked])):
+        fused[index] += likelihood_weight * z
+    return fused
+
+
+def model_view(tokens: ChunkTokens, sentences: ChunkSentences, window: int) -> ChunkTokens:
+    """What the language model reads of a chunk: all of it, or ``window`` tokens starting a quarter
+    window before its best sentence (the sentence and what follows it, with a little lead-in)."""
+    if not window or len(tokens.ids) <= window or not sentences.spans:
+        return tokens
+    span = sentences.spans[max(range(len(sentences.spans)), key=sentences.similarity.__getitem__)]
+    first = next((t for t, (start, _) in enumerate(tokens.offsets) if start >= span.start), 0)
+    low = max(0, min(first - window // 4, len(tokens.ids) - window))
+    return ChunkTokens(tokens.ids[low : low + window], tokens.offsets[low : low + window])
