@@ -251,9 +251,13 @@ def test_metrics_and_logs_carry_no_content(server):
     marker = "zebra-quartz-7781"
     try:
         with server.client() as client:
-            for _ in range(2):  # the second one reuses the instruction's KV from the prefix cache
+            # The second request reuses the instruction's KV from the prefix cache (the ranking pass
+            # reads it before every chunk; it is long enough to fill whole cache blocks).
+            for _ in range(2):
                 client.compress(f"Where is {marker}?", [("m", f"The {marker} lives in rack 9."), *CHUNKS[:2]],
-                                rate=0.5, instruction="Answer from the notes below; say which note you used.")
+                                rate=0.5, instruction="Answer from the notes below. Say which note you used, quote "
+                                                      "the sentence that holds the answer, and answer 'not in the "
+                                                      "notes' when none of them does.")
     finally:
         log.removeHandler(handler)
     logged = stream.getvalue()
