@@ -2,8 +2,10 @@
 
 For every question of each data set and every rate, each method compresses the same context (the
 chunks as "title\\ntext") to the same budget, ``int(rate x tokens of the chunks joined by blank
-lines)``, counted in the default model's tokens; every method, the embedding baseline included,
-is cut to that budget exactly. Reported per method, each with its 95% Wilson interval and N:
+lines)``, counted in the default model's tokens; Focal's methods and the baselines (the embedding
+baseline included) are cut to that budget exactly, LLMLingua and LongLLMLingua are given the same
+rate (their tokens column shows what they used). Reported per method, each with its 95% Wilson
+interval and N:
 
 - answer recall: NQ, a normalised gold answer occurs in the compressed context; code, the gold
   function name occurs as a whole identifier;
@@ -245,9 +247,10 @@ def report(results: dict, rates: list[float], methods: list[str], source: dict, 
              f"{settings['threads']} threads)\n",
              f"Commit `{source['commit']}`{' (with uncommitted changes)' if source['uncommitted_changes'] else ''}, "
              f"{source['date']}, {source['cpus']} CPUs. Default method: `{settings['default_method']}` (also "
-             f"reported as `{DEFAULT_ALIAS}`). Every method is cut to the same budget; recall and retention "
-             "carry their 95% Wilson interval. Focal was tuned on dev questions 1-50 (`python -m bench.tune`); "
-             "the shared sets are reported from question 51.\n",
+             f"reported as `{DEFAULT_ALIAS}`). Focal's methods and the baselines are cut to the same budget "
+             "exactly; LLMLingua's are given the same rate (the tokens column shows what each used). Recall and "
+             "retention carry their 95% Wilson interval. Focal was tuned on dev questions 1-50 "
+             "(`python -m bench.tune`); the shared sets are reported from question 51.\n",
              "Peers use the same weights (a transformers folder written from the same GGUF) and the same dtype; "
              "llmlingua's tiktoken and nltk downloads are replaced by the SmolLM2 tokenizer and Focal's sentence "
              "splitter (see bench/peers.py). Tokens are the default model's.\n",
