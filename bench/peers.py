@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from compressor.compression.relevance import units_of_text
 from compressor.embedding import Embedder
 from compressor.text import segment
 from engine import Engine, default_model_path
@@ -132,10 +133,7 @@ def embed_sentences(embedder: Embedder, engine: Engine, question: str, chunks: l
     """Sentences (code: lines) ranked by cosine similarity to the question, kept in text order while
     they fit; then, like Focal's own output, the least similar are dropped until the joined text is
     within ``budget`` tokens exactly (joins can merge or split tokens)."""
-    units = []
-    for chunk in chunks:
-        spans = segment.lines(chunk) if segment.looks_like_code(chunk) else segment.sentences(chunk)
-        units += [s.text(chunk).strip() for s in spans]
+    units = [span.text(chunk).strip() for chunk in chunks for span in units_of_text(chunk)]
     if not units:
         return ""
     vectors = embedder.embed([question, *units])

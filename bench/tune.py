@@ -4,7 +4,7 @@
 The expensive signals are computed once per question, as the pipeline computes them: the
 embedder's similarity of every sentence (code: line) to the question, and the model's question
 likelihood for the ``MAX_CANDIDATES`` chunks the embedder ranks highest. Every setting of the grid
-is then replayed with the pipeline's own functions (``relevance.fuse``, ``units.sentence_units``,
+is then replayed with the pipeline's own functions (``relevance.fuse``, ``units.score_sentences``,
 ``units.choose_sentences``, ``units.render``) at rates 1/4 and 1/8; the replay skips only the
 final exact trim to the budget, which the benchmark applies. The adaptive threshold is swept the
 same way (tokens kept against answers kept). The chosen setting maximises mean answer recall over
@@ -37,7 +37,7 @@ from compressor.compression import relevance
 from compressor.compression.pipeline import Tuning
 from compressor.compression.relevance import ChunkSentences
 from compressor.compression.scoring import QUESTION_SUFFIX, ChunkTokens, SignalScorer
-from compressor.compression.units import choose_sentences, render, sentence_units
+from compressor.compression.units import choose_sentences, render, score_sentences
 from compressor.embedding import Embedder
 from devtools.data import chunk_text, read_rows
 from engine import Engine
@@ -66,7 +66,7 @@ def signals(engine: Engine, scorer: SignalScorer, embedder: Embedder, row: dict)
     texts = [chunk_text(c) for c in row["chunks"]]
     tokens = scorer.tokenize(texts)
     sentences = relevance.embed_sentences(embedder, row["question"], texts)
-    order = sorted(range(len(texts)), key=lambda i: (-sentences[i].best, i))
+    order = relevance.by_embedder(dict(enumerate(sentences)))
     signals = Signals(row, texts, tokens, sentences, order, {}, len(engine.encode("\n\n".join(texts))), 0)
     complete(scorer, signals)
     return signals
@@ -118,13 +118,7 @@ def _module_file(thing: object) -> Path:
 def replay(s: Signals, tuning: Tuning, budget: int, threshold: float | None = None) -> str:
     likelihood = {i: s.likelihood[tuning.window][i] for i in s.by_embedder[: tuning.candidates]}
     scores = relevance.fuse({i: c.best for i, c in enumerate(s.sentences)}, likelihood, tuning.likelihood_weight)
-    flat = relevance.zscores([x for c in s.sentences for x in c.similarity])
-    units, position = {}, 0
-    for index, chunk in enumerate(s.sentences):
-        count = len(chunk.similarity)
-        units[index] = sentence_units(s.texts[index], s.tokens[index], chunk, flat[position : position + count],
-                                      scores[index], tuning.chunk_weight)
-        position += count
+    units = score_sentences(s.texts, s.tokens, dict(enumerate(s.sentences)), scores, tuning.chunk_weight)
     kept = choose_sentences(units, budget, threshold)
     return "\n\n".join(render(s.texts[i], units[i], kept[i]) for i in sorted(kept))
 

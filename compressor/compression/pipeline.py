@@ -41,7 +41,7 @@ from compressor.compression.units import (
     choose,
     choose_sentences,
     render,
-    sentence_units,
+    score_sentences,
     token_importance,
     units_of,
 )
@@ -153,7 +153,7 @@ class Compressor:
         scored = relevance.embed_sentences(self.embedder, job.request.query, [job.texts[i] for i in job.unique],
                                            stop)
         job.sentences = dict(zip(job.unique, scored))
-        best = sorted(job.unique, key=lambda i: (-job.sentences[i].best, i))[: self.tuning.candidates]
+        best = relevance.by_embedder(job.sentences)[: self.tuning.candidates]
         job.candidates = {i: relevance.model_view(job.tokens[i], job.sentences[i], self.tuning.window) for i in best}
         job.timings["embed"] = time.perf_counter() - started
 
@@ -222,16 +222,7 @@ class Compressor:
                               target_tokens=target, method=request.method, timings=job.timings)
 
     def _sentence_units(self, job: _Staged) -> dict[int, list[ScoredUnit]]:
-        """Every unique chunk's units, scored against each other (one z-scale over the request)."""
-        flat = relevance.zscores([s for i in job.unique for s in job.sentences[i].similarity])
-        units, position = {}, 0
-        for index in job.unique:
-            count = len(job.sentences[index].similarity)
-            units[index] = sentence_units(job.texts[index], job.tokens[index], job.sentences[index],
-                                          flat[position : position + count], job.scores[index],
-                                          self.tuning.chunk_weight)
-            position += count
-        return units
+        return score_sentences(job.texts, job.tokens, job.sentences, job.scores, self.tuning.chunk_weight)
 
     def _adaptive_chunks(self, job: _Staged, order: list[int]) -> dict[int, int]:
         """Adaptive budget, whole chunks: those holding a sentence that reaches the threshold, best

@@ -10,7 +10,7 @@ one request, so that weights tuned on one set of questions carry to another.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +63,11 @@ def embed_sentences(embedder: TextEmbedder, query: str, texts: Sequence[str],
         out.append(ChunkSentences(chunk, similarity[position : position + len(chunk)]))
         position += len(chunk)
     return out
+
+
+def by_embedder(sentences: Mapping[int, ChunkSentences]) -> list[int]:
+    """Chunk indices, the best sentence's similarity first (ties: input order)."""
+    return sorted(sentences, key=lambda i: (-sentences[i].best, i))
 
 
 def zscores(values: Sequence[float]) -> list[float]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from compressor.compression.relevance import ChunkSentences
+from compressor.compression.relevance import ChunkSentences, zscores
 from compressor.compression.scoring import ChunkTokens
 from compressor.text import segment
 
@@ -84,6 +85,20 @@ def sentence_units(text: str, chunk: ChunkTokens, sentences: ChunkSentences, sim
         if code and segment.is_signature(span.text(text)):
             score = max(score, best + 1e-6)
         units.append(ScoredUnit(span, last - first, score, False))
+    return units
+
+
+def score_sentences(texts: Sequence[str], tokens: Sequence[ChunkTokens], sentences: Mapping[int, ChunkSentences],
+                    chunk_relevance: Mapping[int, float], chunk_weight: float) -> dict[int, list[ScoredUnit]]:
+    """The units of every chunk in ``sentences`` (chunk index -> its scored sentences), scored for
+    selection across those chunks: similarities are z-scored over all of them together."""
+    flat = zscores([x for chunk in sentences.values() for x in chunk.similarity])
+    units, position = {}, 0
+    for index, chunk in sentences.items():
+        count = len(chunk.similarity)
+        units[index] = sentence_units(texts[index], tokens[index], chunk, flat[position : position + count],
+                                      chunk_relevance[index], chunk_weight)
+        position += count
     return units
 
 
