@@ -138,9 +138,10 @@ def test_sigkill_loses_no_acknowledged_upsert(tmp_path):
     chance = random.Random(7)
     for round_number in range(3):
         server = _start(data_dir, port)
-        stop = threading.Event()
+        stop, first_acknowledged = threading.Event(), threading.Event()
 
-        def write(round_number: int = round_number, stop: threading.Event = stop) -> None:
+        def write(round_number: int = round_number, stop: threading.Event = stop,
+                  first_acknowledged: threading.Event = first_acknowledged) -> None:
             with FocalClient(f"127.0.0.1:{port}", timeout=10) as client:
                 for batch in range(10_000):
                     if stop.is_set():
@@ -155,14 +156,18 @@ def test_sigkill_loses_no_acknowledged_upsert(tmp_path):
                         return  # the server died: this batch was never acknowledged
                     for doc_id, text, _ in docs:
                         acknowledged[doc_id] = text
+                    first_acknowledged.set()
 
         writer = threading.Thread(target=write)
         writer.start()
+        # The kill lands at a random moment of steady writing, however long the first write (embedder load) takes.
+        assert first_acknowledged.wait(timeout=120), f"round {round_number}: no upsert acknowledged"
+        before = len(acknowledged)
         time.sleep(chance.uniform(1.0, 3.0))
         server.kill()
         stop.set()
         writer.join(timeout=30)
-    assert len(acknowledged) > 20
+        assert len(acknowledged) > before, f"round {round_number}: the server acknowledged one batch only"
     server = _start(data_dir, port)  # restart: replays the log
     try:
         with FocalClient(f"127.0.0.1:{port}") as client:
