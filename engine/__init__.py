@@ -4,9 +4,9 @@ Knows nothing about compression or gRPC. Entry point: :class:`engine.api.Engine`
 
 oneDNN (torch's CPU matmuls) compiles a kernel for every new matrix shape and keeps 1024 of them.
 Expert slices have a different row count in nearly every call, so a forward of the Mellum2 slice
-needs ~500 shapes and the default cache thrashes: ~9 ms per recompiled shape, prefill at 2048
-tokens 770 instead of 1300 tok/s. A larger cache (read when oneDNN first runs; an operator's own
-``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` wins) keeps every shape once seen.
+needs hundreds of shapes and the default cache thrashes, recompiling kernels in every forward. A
+larger cache (read when oneDNN first runs; an operator's own ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``
+wins) keeps every shape once seen.
 """
 
 import os

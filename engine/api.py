@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.cache import KVCache
-from engine.compiled import compile_forward
+from engine.compiled import CompiledForward, CompileStats
 from engine.config import ModelConfig
 from engine.errors import Interrupted
 from engine.loader import load
@@ -90,7 +90,7 @@ class Engine:
     def __init__(self, model: CausalLM, tokenizer: ChatTokenizer, options: EngineOptions | None = None) -> None:
         self.options = options = options or EngineOptions()
         self.model = model
-        self.forward = compile_forward(model) if options.compile_model else model
+        self.forward = CompiledForward(model) if options.compile_model else model
         self.tokenizer = tokenizer
         self.prefix_cache = PrefixCache(options.prefix_cache_bytes, options.prefix_block)
 
@@ -109,6 +109,11 @@ class Engine:
         elif packing_available(device, dtype) and not (options and options.compile_model):
             pack_bf16(model)
         return cls(model, tokenizer, options)
+
+    @property
+    def compile_stats(self) -> CompileStats | None:
+        """What compiled so far, when the forward runs through ``torch.compile``; else ``None``."""
+        return self.forward.stats if isinstance(self.forward, CompiledForward) else None
 
     @property
     def config(self) -> ModelConfig:

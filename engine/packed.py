@@ -3,8 +3,8 @@
 ``F.linear`` on bf16 CPU tensors hands the weight to oneDNN, which reorders it into its blocked
 layout on every call. For the row counts the engine sees (one row per decode step, tens to
 hundreds per expert in prefill) that reorder is a large share of the call: reordering once
-measured 1.05-2.2x faster per matmul on this CPU (1792x2304 weight: 1 row 0.30 -> 0.21 ms, 64 rows
-0.74 -> 0.34 ms, 1024 rows 3.65 -> 3.49 ms). The reordered weight replaces the plain one, so
+is faster per matmul at every row count, most at tens of rows and least at thousands (bench.engine's
+bf16 rows time the whole model). The reordered weight replaces the plain one, so
 memory stays the same (a tied lm_head gets its own copy).
 """
 

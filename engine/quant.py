@@ -15,8 +15,9 @@ from torch import nn
 
 from engine.model import CausalLM, Experts
 
-# Rows up to which the int8 kernel beats widening the weights for a regular matmul (bf16, 2 threads:
-# 1 row 0.13 vs 0.73 ms, 16 rows even, 256 rows 11.4 vs 1.5 ms on a 1792x2304 weight).
+# Rows up to which the int8 kernel beats widening the weights for a regular matmul (bf16, 2 threads,
+# a Mellum2-sized 1792x2304 weight: the kernel wins clearly at one row, breaks even near 16 rows and
+# loses by a wide margin at hundreds; bench.engine's int8 rows time the whole model).
 INT8_KERNEL_ROWS = 12
 
 

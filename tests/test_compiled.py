@@ -1,4 +1,5 @@
-"""torch.compile path: same scores as eager, and a backend that fails falls back to eager."""
+"""torch.compile path: compiled code runs and gives eager's scores; a backend that fails is counted and
+falls back to eager."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from engine import Engine, EngineOptions
-from engine.compiled import compile_forward
+from engine.compiled import CompiledForward
 from engine.loader import load_model
 
 
@@ -25,9 +26,14 @@ def scores(engine: Engine) -> list[torch.Tensor]:
 def test_compiled_engine_matches_eager(tiny_model, default_engine):
     eager = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
     compiled = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0, compile_model=True))
-    assert compiled.forward is not tiny_model
+    assert compiled.compile_stats.state == "not compiled yet"
+    torch._dynamo.utils.counters.clear()
     for ours, reference in zip(scores(compiled), scores(eager), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+    # Compiled code ran: dynamo captured graphs, the backend compiled them all, none fell back.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert compiled.compile_stats.compiled > 0 and not compiled.compile_stats.failures
+    assert compiled.compile_stats.state == "compiled"
 
 
 def test_a_failing_compiler_falls_back_to_eager(tiny_model, default_engine):
@@ -39,7 +45,12 @@ def test_a_failing_compiler_falls_back_to_eager(tiny_model, default_engine):
 
     eager = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
     fallback = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
-    fallback.forward = compile_forward(tiny_model, backend=broken_backend)
+    fallback.forward = CompiledForward(tiny_model, backend=broken_backend)
+    assert fallback.compile_stats is fallback.forward.stats
     for ours, reference in zip(scores(fallback), scores(eager), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
     assert calls, "the backend was never asked to compile"
+    stats = fallback.compile_stats
+    assert stats.state == "eager" and stats.compiled == 0 and len(stats.failures) == len(calls)
+    assert all("this backend cannot compile anything" in reason for reason in stats.failures)
+    assert not torch._dynamo.config.suppress_errors, "errors must not be suppressed process-wide"

@@ -7,8 +7,10 @@ by each side from the same file.
 
 Each side runs in every dtype it offers here (ours: fp32, bf16 with weights reordered for oneDNN
 once, int8 weights with bf16 activations, and for the default model bf16 (not reordered) and int8
-under ``torch.compile``; transformers: fp32,
-bf16) and each figure compares the fastest variant of each side (the table says which). Sides
+under ``torch.compile``; transformers: fp32, bf16, and for the default model bf16 under
+``torch.compile``). The main table pairs like with like (fp32 with fp32, bf16 with bf16, compiled
+with compiled, our int8 with llama.cpp's Q8_0); a second table, labelled as such, compares each
+side's fastest variant (the brackets say which). Sides
 alternate inside every repeat and the best repeat counts, so machine noise hits all alike. Prefill
 computes logits for the last position only; decode is the median step after a 512-token prompt.
 Ratios are ours/theirs in speed: above 1 means we are faster.
@@ -23,6 +25,7 @@ scoring after a shared 1024-token prefix, recomputed against cached. The ratios 
 ``bench/results/engine.png``.
 
     python -m bench.engine [--threads 2] [--repeats 3] [--decode-steps 16] [--quick]
+    python -m bench.engine --report-only    # re-render the report from bench/results/engine.json's figures
     python -m bench.engine --long 131072     # only: prefill the slice to 128K, KV bytes on the way
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import tempfile
 from pathlib import Path
 
@@ -41,8 +45,8 @@ from bench.engine.llamacpp import llamacpp_available, llamacpp_files, measure_ll
 from bench.engine.models import MELLUM_SLICE, OURS_BF16, OURS_FP32, default_sides, mellum_sides, mellum_state
 from bench.engine.prefix import prefix_reuse
 from bench.engine.report import report
-from bench.engine.variants import fastest, measure
-from bench.report import progress, write
+from bench.engine.variants import Variant, fastest, measure
+from bench.report import RESULTS, progress, provenance, write
 
 
 def main() -> None:
@@ -53,7 +57,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="no 8192 prefill, no 32K KV, no llama.cpp")
     parser.add_argument("--long", type=int, default=0, metavar="TOKENS",
                         help="only the long-context run: prefill the slice to TOKENS (e.g. 131072)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rebuild the report and plot from the figures in results/engine.json")
     args = parser.parse_args()
+    if args.report_only:
+        rerender(args)
+        return
     torch.set_num_threads(args.threads)
     if args.long:
         long_context(args.long)
@@ -89,7 +98,7 @@ def main() -> None:
             progress(f"kv at 32K: {extra['mellum_kv_32k']}")
         if label == "default":
             extra["default_prefix_reuse"] = prefix_reuse(sides[OURS_BF16].model)
-        for variant in [v for v in sides if v.side == "transformers" or v == OURS_FP32]:
+        for variant in [v for v in sides if v.side == "transformers"]:
             del sides[variant]
         gc.collect()
         if not args.quick and llamacpp_available():
@@ -102,7 +111,24 @@ def main() -> None:
         raw[label] = figures
         del sides
         gc.collect()
+    extra["provenance"] = provenance({"threads": args.threads, "repeats": args.repeats,
+                                      "decode_steps": args.decode_steps, "quick": args.quick})
     write("engine", *report(raw, extra, args))
+
+
+def rerender(args: argparse.Namespace) -> None:
+    """The report of the stored figures, under the stored run's settings; the report says it was re-rendered."""
+    stored = json.loads((RESULTS / "engine.json").read_text())
+    raw = {label: {Variant.parse(name): figures for name, figures in by_name.items()}
+           for label, by_name in stored["raw"].items()}
+    extra = stored["extra"]
+    args.threads, args.repeats = stored.get("threads", args.threads), stored.get("repeats", args.repeats)
+    payload, markdown = report(raw, extra, args)
+    when = extra.get("provenance", {}).get("commit", "an earlier commit (the run predates provenance records)")
+    note = (f"Re-rendered by `python -m bench.engine --report-only` from the figures measured at {when}; "
+            "nothing was measured again.\n")
+    title, _, rest = markdown.partition("\n")
+    write("engine", payload, f"{title}\n\n{note}{rest}")
 
 
 if __name__ == "__main__":

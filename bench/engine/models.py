@@ -57,4 +57,6 @@ def default_sides() -> dict[Variant, object]:
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         sides[Variant("transformers", label)] = Theirs(AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=dtype).eval())
+    sides[Variant("transformers", "bf16", compiled=True)] = Theirs(AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.bfloat16).eval(), compiled=True)
     return sides

@@ -1,4 +1,9 @@
-"""The engine report: each figure against its peer, the machine's limits, the plot."""
+"""The engine report: like for like first (the same precision, compile state and model on both
+sides), then each side's fastest variant, labelled as such; the machine's limits; the plot.
+
+llama.cpp is built without AMX (scripts/setup.sh says why), while our bf16 matmuls use it
+where the CPU has it: every llama.cpp figure carries that note.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,60 @@ import argparse
 from bench.engine.variants import Variant, fastest
 from bench.report import RESULTS, markdown_table
 
+# (our variant, the peer's variant of the same precision class), by peer.
+LIKE_PAIRS = {
+    "transformers": [(Variant("ours", "fp32"), Variant("transformers", "fp32")),
+                     (Variant("ours", "bf16"), Variant("transformers", "bf16")),
+                     (Variant("ours", "bf16", True), Variant("transformers", "bf16", True))],
+    "llama.cpp": [(Variant("ours", "fp32"), Variant("llama.cpp", "F32")),
+                  (Variant("ours", "bf16"), Variant("llama.cpp", "BF16")),
+                  (Variant("ours", "int8"), Variant("llama.cpp", "Q8_0"))],
+}
+FIGURES = [(f"prefill_{n}_tok_s", f"prefill_{n}", True) for n in (512, 2048, 8192)] + [
+    ("decode_ms_per_token", "decode", False)]
+NO_AMX = "llama.cpp built without AMX"
+
+
+def phase(figures: dict[Variant, dict[str, float]], peer: str) -> dict[Variant, dict[str, float]]:
+    """The figures measured in ``peer``'s phase: against llama.cpp, ours measured beside it (without the
+    ``beside`` mark); against transformers, the first phase's."""
+    if peer == "llama.cpp":
+        return {Variant(v.side, v.precision, v.compiled): f for v, f in figures.items()
+                if v.beside == peer or v.side == peer}
+    return {v: f for v, f in figures.items() if not v.beside}
+
+
+def like_for_like(raw: dict) -> tuple[dict[str, dict[str, float]], list[list[str]]]:
+    """Ratios (ours/peer speed) of same-precision pairs only: {ratio key: {pair: ratio}}, and table rows."""
+    ratios: dict[str, dict[str, float]] = {}
+    rows = []
+    for label, figures in raw.items():
+        for peer, pairs in LIKE_PAIRS.items():
+            measured = phase(figures, peer)
+            for key, name, higher in FIGURES:
+                for ours, theirs in pairs:
+                    if key not in measured.get(ours, {}) or key not in measured.get(theirs, {}):
+                        continue
+                    mine, other = measured[ours][key], measured[theirs][key]
+                    ratio = mine / other if higher else other / mine
+                    prefix = "llamacpp_" if peer == "llama.cpp" else ""
+                    ratios.setdefault(f"{prefix}{label}_{name}", {})[f"{ours.short} vs {theirs.short}"] = ratio
+                    unit = "tok/s" if higher else "ms/token"
+                    rows.append([label, f"{name.replace('_', ' ')} ({unit})", ours.short, f"{mine:.1f}",
+                                 f"{peer} {theirs.short}" + (f" ({NO_AMX})" if peer == "llama.cpp" else ""),
+                                 f"{other:.1f}", f"{ratio:.2f}x"])
+    return ratios, rows
+
 
 def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]:
     ratios: dict[str, float] = {}
     rows = []
+    like, like_rows = like_for_like(raw)
 
     def compare(label: str, key: str, peer: str, name: str, higher: bool = True,
                 ours_side: str = "ours", figures: dict | None = None, figure: str = "") -> None:
         # Against transformers: only the figures measured beside it (not the llama.cpp phase's).
-        figures = figures or {v: f for v, f in raw[label].items() if not v.beside}
+        figures = figures or phase(raw[label], "transformers")
         if not any(v.side == peer and key in figures[v] for v in figures):
             return
         ours_name = fastest(figures, ours_side, key, higher)
@@ -25,15 +75,14 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         unit = "tok/s" if higher else "ms/token"
         figure = figure or key.replace("_tok_s", "").replace("_ms_per_token", "").replace("_", " ")
         rows.append([label, f"{figure} ({unit})",
-                     f"{ours:.1f} ({ours_name.short})", f"{theirs:.1f} ({theirs_name.short})", peer,
-                     f"{ratios[name]:.2f}x"])
+                     f"{ours:.1f} ({ours_name.short})", f"{theirs:.1f} ({theirs_name.short})",
+                     peer + (f" ({NO_AMX})" if peer == "llama.cpp" else ""), f"{ratios[name]:.2f}x"])
 
     for label in raw:
         for length in (512, 2048, 8192):
             compare(label, f"prefill_{length}_tok_s", "transformers", f"{label}_prefill_{length}")
         compare(label, "decode_ms_per_token", "transformers", f"{label}_decode", higher=False)
-        with_llama = {Variant(v.side, v.precision, v.compiled): f for v, f in raw[label].items()
-                      if v.beside == "llama.cpp" or v.side == "llama.cpp"}
+        with_llama = phase(raw[label], "llama.cpp")
         if with_llama:
             for length in (512, 2048):
                 compare(label, f"prefill_{length}_tok_s", "llama.cpp", f"llamacpp_{label}_prefill_{length}",
@@ -52,7 +101,14 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         ratios["kv_bytes_32k_over_formula"] = extra["mellum_kv_32k"]["ratio"]
     limits = extra["limits"]
     lines = [
-        f"# Engine speed (CPU, {args.threads} threads, best of {args.repeats}; each side at its fastest variant)",
+        f"# Engine speed (CPU, {args.threads} threads, best of {args.repeats})",
+        "",
+        "## Like for like: the same precision and compile state on both sides",
+        "",
+        markdown_table(["model", "figure", "ours", "ours figure", "peer", "peer figure", "ours/peer speed"],
+                       like_rows),
+        "",
+        "## Each side at its fastest variant (not like for like: the variants differ, see the brackets)",
         "",
         markdown_table(["model", "figure", "ours", "peer", "peer name", "ours/peer speed"], rows),
         "",
@@ -76,25 +132,27 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
                      f"{kv['formula_bytes'] / 2**20:.1f} MiB by the formula (ratio {kv['ratio']:.3f}); "
                      f"prefill {kv['prefill_tok_s']:.0f} tok/s.")
     raw_by_label = {model: {v.label: f for v, f in figures.items()} for model, figures in raw.items()}
-    payload = {"ratios": ratios, "raw": raw_by_label, "extra": extra, "threads": args.threads}
-    plot(rows)
+    payload = {"ratios": ratios, "like_for_like": like, "raw": raw_by_label, "extra": extra,
+               "threads": args.threads, "repeats": args.repeats}
+    plot(like_rows)
     return payload, "\n".join(lines)
 
 
 def plot(rows: list[list[str]]) -> None:
-    """Ours/peer speed per figure, one bar each; the line at 1 is parity."""
+    """Like-for-like ours/peer speed per figure, one bar each; the line at 1 is parity."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{model} {figure} vs {peer}" for model, figure, _, _, peer, _ in rows]
+    labels = [f"{model} {figure}: ours {ours} vs {peer.removesuffix(f' ({NO_AMX})')}"
+              for model, figure, ours, _, peer, _, _ in rows]
     values = [float(row[-1].removesuffix("x")) for row in rows]
     figure, axis = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.2))
     axis.barh(labels, values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
     axis.axvline(1.0, color="black", linewidth=1)
     axis.invert_yaxis()
     axis.set_xlabel("ours / peer speed (above 1: we are faster)")
-    axis.set_title("Engine speed, each side at its fastest variant (2-core CPU)")
+    axis.set_title("Engine speed, like for like (same precision and compile state)")
     figure.tight_layout()
     figure.savefig(RESULTS / "engine.png", dpi=120)

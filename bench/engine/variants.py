@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from bench.report import best_of, progress
-from engine.compiled import compile_forward
+from engine.compiled import CompiledForward
 from engine.model import CausalLM
 
 
@@ -42,18 +42,29 @@ class Variant:
     def measured_beside(self, peer: str) -> Variant:
         return replace(self, beside=peer)
 
+    @classmethod
+    def parse(cls, label: str) -> Variant:
+        """The variant a ``label`` names (``"ours bf16+compile (with llama.cpp)"``), as results files store it."""
+        name, _, beside = label.partition(" (with ")
+        side, _, short = name.rpartition(" ")
+        precision, _, compiled = short.partition("+")
+        return cls(side, precision, compiled == "compile", beside.removesuffix(")"))
+
 
 class Ours:
     """Our engine's model: chunked prefill into a reserved cache, one-token decode steps."""
 
     def __init__(self, model: CausalLM, chunk: int = 2048, compiled: bool = False) -> None:
         self.model, self.chunk = model, chunk
-        self.forward = compile_forward(model) if compiled else model
+        self.forward = CompiledForward(model) if compiled else model
         if compiled:  # compile the prefill and decode graphs before anything is timed
             progress("compiling (prefill and decode graphs)")
             for length in (64, 96):  # a second length makes dynamo compile the shape-generic graph
                 _, cache = self.prefill(torch.arange(length)[None] % model.config.vocab_size)
                 self.step(torch.tensor([[1]]), cache)
+            if self.forward.stats.failures:  # a compiled row must time compiled code
+                raise RuntimeError(f"compiling our model failed ({self.forward.stats.failures[0]}): "
+                                   "its compiled rows would time eager code")
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor):
@@ -70,8 +81,17 @@ class Ours:
 
 
 class Theirs:
-    def __init__(self, model) -> None:
-        self.model = model
+    """transformers' model with its ``DynamicCache``; ``compiled`` runs it under ``torch.compile`` as
+    ours is, compiled before anything is timed."""
+
+    def __init__(self, model, compiled: bool = False) -> None:
+        self.model = torch.compile(model, dynamic=True) if compiled else model
+        if compiled:
+            progress("compiling transformers' model (prefill and decode graphs)")
+            vocab = model.config.vocab_size
+            for length in (64, 96):
+                _, cache = self.prefill(torch.arange(length)[None] % vocab)
+                self.step(torch.tensor([[1]]), cache)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor):

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from engine.compiled import CompileStats
 from engine.prefix_cache import PrefixCacheStats
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
@@ -49,6 +50,10 @@ class Metrics:
         self.prefix_hits = Counter("focal_prefix_cache_hits", "Lookups that reused cached prefix KV", registry=r)
         self.prefix_reused = Counter("focal_prefix_cache_reused_tokens", "Prefix tokens not recomputed", registry=r)
         self.prefix_bytes = Gauge("focal_prefix_cache_bytes", "Bytes of prefix KV held", registry=r)
+        self.compiled_graphs = Gauge("focal_compiled_graphs", "Model graphs torch.compile compiled (--compile)",
+                                     registry=r)
+        self.compile_failures = Gauge("focal_compile_failures", "Model graphs that failed to compile and run "
+                                      "eagerly (--compile; the start-up log has the reasons)", registry=r)
         self._prefix_seen = PrefixCacheStats()
         self._routed_seen: dict[int, list[int]] = {}
 
@@ -65,6 +70,10 @@ class Metrics:
         self.prefix_reused.inc(stats.reused_tokens - seen.reused_tokens)
         self.prefix_bytes.set(stats.bytes)
         self._prefix_seen = replace(stats)
+
+    def record_compile(self, stats: CompileStats) -> None:
+        self.compiled_graphs.set(stats.compiled)
+        self.compile_failures.set(len(stats.failures))
 
     def record_routing(self, counts: dict[int, list[int]]) -> None:
         """Publish the engine's cumulative tokens per expert (as increments since the last call)."""

@@ -45,7 +45,10 @@ def _load_engine(settings: Settings) -> Engine:
                          quantize=settings.quantize, options=options)
     if settings.compile:
         log.info("compiling the model before serving", extra={"fields": {}})
-        log.info("compiled", extra={"fields": {"seconds": round(engine.warm_up(), 1)}})
+        seconds = round(engine.warm_up(), 1)
+        stats = engine.compile_stats
+        log.info(stats.state, extra={"fields": {"seconds": seconds, "graphs_compiled": stats.compiled,
+                                                "graphs_failed": len(stats.failures)}})
     return engine
 
 
@@ -81,6 +84,8 @@ class FocalServer:
             torch.set_num_threads(settings.threads)
         self.engine = engine or _load_engine(settings)
         self.metrics = Metrics()
+        if self.engine.compile_stats is not None:
+            self.metrics.record_compile(self.engine.compile_stats)
         compressor = Compressor(self.engine)
         # Tokens per expert per sparse layer (MoE models), published with each batch.
         self.routing = self.engine.model.track_routing() if self.engine.config.num_sparse_layers else None
@@ -136,6 +141,8 @@ class FocalServer:
     def _on_batch(self, size: int) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.record_prefix_cache(self.engine.prefix_cache.stats)
+        if self.engine.compile_stats is not None:
+            self.metrics.record_compile(self.engine.compile_stats)
         if self.routing is not None:  # counts as of the batches finished so far
             self.metrics.record_routing({layer: hits.tolist() for layer, hits in self.routing.counts.items()})
 
