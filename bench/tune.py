@@ -2,8 +2,9 @@
 (``bench.quality`` reports questions 51-100, which tuning never sees).
 
 The expensive signals are computed once per question, as the pipeline computes them: the
-embedder's similarity of every sentence (code: line) to the question, and the model's question
-likelihood for the ``MAX_CANDIDATES`` chunks the embedder ranks highest. Every setting of the grid
+embedder's similarity of every sentence (code: line) and of every chunk's opening to the question,
+and the model's question likelihood for every chunk that is among the ``MAX_CANDIDATES`` the
+embedder ranks highest under some weighting of the grid. Every setting of the grid
 is then replayed with the pipeline's own functions (``relevance.fuse``, ``units.score_sentences``,
 ``units.choose_sentences``, ``units.render``) at rates 1/4 and 1/8; the replay skips only the
 final exact trim to the budget, which the benchmark applies. The adaptive threshold is swept the
@@ -43,10 +44,11 @@ from devtools.data import chunk_text, read_rows
 from engine import Engine
 from engine.device import preferred_dtype
 
-MAX_CANDIDATES = 8
+MAX_CANDIDATES = 6
 RATES = (0.25, 0.125)
-GRID = {"candidates": (0, 2, 3, 4, 6, 8), "window": (0, 48, 64, 96), "likelihood_weight": (0.5, 1.0, 2.0),
-        "chunk_weight": (0.5, 1.0, 2.0)}
+GRID = {"mean_weight": (0.0, 0.5, 1.0), "head_weight": (0.0, 1.0, 2.0), "candidates": (0, 2, 3, 4, 6),
+        "window": (48, 64), "likelihood_weight": (0.5, 1.0, 2.0), "chunk_weight": (0.5, 1.0, 2.0)}
+SHOWN = 40  # settings listed in the report, best first
 THRESHOLDS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5)
 
 
@@ -56,8 +58,7 @@ class Signals:
     texts: list[str]
     tokens: list[ChunkTokens]
     sentences: list[ChunkSentences]
-    by_embedder: list[int]  # chunk indices, best first
-    likelihood: dict[int, dict[int, float]]  # window -> the model's question likelihood, for the embedder's best
+    likelihood: dict[int, dict[int, float]]  # window -> the model's question likelihood, for the candidates
     original: int
     question_tokens: int  # what the model reads after each candidate: "\n\nQuestion: ..."
 
@@ -66,20 +67,28 @@ def signals(engine: Engine, scorer: SignalScorer, embedder: Embedder, row: dict)
     texts = [chunk_text(c) for c in row["chunks"]]
     tokens = scorer.tokenize(texts)
     sentences = relevance.embed_sentences(embedder, row["question"], texts)
-    order = relevance.by_embedder(dict(enumerate(sentences)))
-    signals = Signals(row, texts, tokens, sentences, order, {}, len(engine.encode("\n\n".join(texts))), 0)
+    signals = Signals(row, texts, tokens, sentences, {}, len(engine.encode("\n\n".join(texts))), 0)
     complete(scorer, signals)
     return signals
 
 
+def embedder_order(s: Signals, tuning: Tuning) -> list[int]:
+    scores = relevance.embedder_scores(dict(enumerate(s.sentences)), tuning.mean_weight, tuning.head_weight)
+    return relevance.by_embedder(scores)
+
+
 def complete(scorer: SignalScorer, s: Signals) -> None:
-    """The model's question likelihood for every window of the grid not yet in ``s``."""
+    """The model's question likelihood, for every window of the grid, of every chunk some weighting
+    of the grid puts among the embedder's ``MAX_CANDIDATES`` best, where ``s`` lacks it."""
     s.question_tokens = len(scorer.engine.encode(QUESTION_SUFFIX.format(query=s.row["question"])))
+    wanted = {i for mean, head in itertools.product(GRID["mean_weight"], GRID["head_weight"])
+              for i in embedder_order(s, Tuning(mean_weight=mean, head_weight=head))[:MAX_CANDIDATES]}
     for window in GRID["window"]:
-        if window not in s.likelihood:
-            views = [relevance.model_view(s.tokens[i], s.sentences[i], window) for i in s.by_embedder[:MAX_CANDIDATES]]
+        missing = sorted(wanted - set(s.likelihood.get(window, {})))
+        if missing:
+            views = [relevance.model_view(s.tokens[i], s.sentences[i], window) for i in missing]
             scorer.coarse([(views, s.row["question"])], "", plain=False)
-            s.likelihood[window] = {i: view.relevance for i, view in zip(s.by_embedder, views)}
+            s.likelihood.setdefault(window, {}).update({i: view.relevance for i, view in zip(missing, views)})
 
 
 def cached_signals(engine: Engine, questions: int) -> dict[str, list[Signals]]:
@@ -116,8 +125,9 @@ def _module_file(thing: object) -> Path:
 
 
 def replay(s: Signals, tuning: Tuning, budget: int, threshold: float | None = None) -> str:
-    likelihood = {i: s.likelihood[tuning.window][i] for i in s.by_embedder[: tuning.candidates]}
-    scores = relevance.fuse({i: c.best for i, c in enumerate(s.sentences)}, likelihood, tuning.likelihood_weight)
+    embedding = relevance.embedder_scores(dict(enumerate(s.sentences)), tuning.mean_weight, tuning.head_weight)
+    likelihood = {i: s.likelihood[tuning.window][i] for i in relevance.by_embedder(embedding)[: tuning.candidates]}
+    scores = relevance.fuse(embedding, likelihood, tuning.likelihood_weight)
     units = score_sentences(s.texts, s.tokens, dict(enumerate(s.sentences)), scores, tuning.chunk_weight)
     kept = choose_sentences(units, budget, threshold)
     return "\n\n".join(render(s.texts[i], units[i], kept[i]) for i in sorted(kept))
@@ -138,13 +148,16 @@ def main() -> None:
 
     default = Tuning()
     grid = []
-    for values in itertools.product(*GRID.values()):
+    settings = list(itertools.product(*GRID.values()))
+    for number, values in enumerate(settings, 1):
+        if number % 50 == 0 or number == len(settings):
+            progress(f"grid: {number}/{len(settings)} settings replayed")
         tuning = replace(default, **dict(zip(GRID, values)))
         cells = {f"{name} 1/{round(1 / rate)}": sum(
             answer_found(name, s.row, replay(s, tuning, int(rate * s.original))) for s in rows) / len(rows)
             for name, rows in data.items() for rate in RATES}
         read = [sum(min(len(s.tokens[i].ids), tuning.window or len(s.tokens[i].ids)) + s.question_tokens
-                    for i in s.by_embedder[: tuning.candidates]) for r in data.values() for s in r]
+                    for i in embedder_order(s, tuning)[: tuning.candidates]) for r in data.values() for s in r]
         grid.append({**dict(zip(GRID, values)), "cells": cells, "mean": sum(cells.values()) / len(cells),
                      "model_tokens": sum(read) / len(read)})
     allowed = [g for g in grid if g["model_tokens"] <= args.max_model_tokens]
@@ -178,10 +191,10 @@ def main() -> None:
 def report(payload: dict) -> str:
     source = payload["provenance"]
     cells = list(payload["grid"][0]["cells"])
-    rows = [[str(g["candidates"]), str(g["window"]), f"{g['model_tokens']:.0f}", str(g["likelihood_weight"]),
-             str(g["chunk_weight"]),
+    rows = [[str(g["mean_weight"]), str(g["head_weight"]), str(g["candidates"]), str(g["window"]),
+             f"{g['model_tokens']:.0f}", str(g["likelihood_weight"]), str(g["chunk_weight"]),
              *[f"{g['cells'][c]:.2f}" for c in cells], f"{g['mean']:.3f}"]
-            for g in sorted(payload["grid"], key=lambda g: -g["mean"])]
+            for g in sorted(payload["grid"], key=lambda g: -g["mean"])[:SHOWN]]
     names = [k for k in payload["adaptive"][0] if k != "threshold"]
     adaptive = [[str(a["threshold"]), *[f"{a[n]['answer_recall']:.2f} at {a[n]['tokens']:.0f} / {a[n]['original']:.0f}"
                                         for n in names]] for a in payload["adaptive"]]
@@ -191,8 +204,9 @@ def report(payload: dict) -> str:
         f"{source['date']}. Chosen among settings where the model reads at most {payload['max_model_tokens']} "
         f"tokens per question: {payload['chosen']} (see `Tuning` in compressor/compression/pipeline.py). N = "
         f"{payload['questions']} per set: one question is {1 / payload['questions']:.2f}.\n",
-        markdown_table(["candidates", "window", "tokens the model reads", "likelihood weight", "chunk weight", *cells,
-                        "mean"], rows) + "\n",
+        f"The {SHOWN} best of {len(payload['grid'])} settings (all of them: bench/results/tune.json).\n",
+        markdown_table(["mean weight", "head weight", "candidates", "window", "tokens the model reads",
+                        "likelihood weight", "chunk weight", *cells, "mean"], rows) + "\n",
         "## Adaptive threshold (with the chosen setting): recall at tokens kept / original\n",
         "Chosen: the highest threshold (fewest tokens) at which every set keeps at least the answers the "
         "chosen setting keeps at rate 1/4.\n",

@@ -54,10 +54,12 @@ class Tuning:
     """Knobs of the ranking and the methods, tuned on questions 1-50 of the NQ and code dev sets
     (``python -m bench.tune``; ``bench.quality`` reports questions 51-100)."""
 
-    candidates: int = 4  # chunks the language model reads (the embedder's best)
+    mean_weight: float = 0.0  # chunk's embedder score: z(best sentence) + this x z(mean of its sentences)
+    head_weight: float = 2.0  # ... + this x z(similarity of its opening, embedded whole)
+    candidates: int = 3  # chunks the language model reads (the embedder's best)
     window: int = 48  # tokens of a candidate the model reads, around its best sentence (0 = the whole chunk)
     likelihood_weight: float = 1.0  # the model's z-scored question likelihood, against the embedder's z-score
-    chunk_weight: float = 0.5  # sentence score = own similarity z-score + this x its chunk's relevance
+    chunk_weight: float = 1.0  # sentence score = own similarity z-score + this x its chunk's relevance
     adaptive_threshold: float = 1.0  # adaptive budget: keep the sentences whose score reaches this
     density: float = 0.7  # token method: average fraction of its tokens an admitted chunk keeps
     steepness: float = 2.0  # how fast the kept fraction falls with rank (see compressor.compression.budget)
@@ -91,6 +93,7 @@ class _Staged:
     started: float
     timings: dict[str, float] = field(default_factory=dict)
     sentences: dict[int, ChunkSentences] = field(default_factory=dict)  # unique chunk -> its scored units
+    embedding: dict[int, float] = field(default_factory=dict)  # unique chunk -> its embedder score
     candidates: dict[int, ChunkTokens] = field(default_factory=dict)  # what the model reads, per chunk
     scores: dict[int, float] = field(default_factory=dict)  # unique chunk -> relevance (higher = better)
 
@@ -153,7 +156,8 @@ class Compressor:
         scored = relevance.embed_sentences(self.embedder, job.request.query, [job.texts[i] for i in job.unique],
                                            stop)
         job.sentences = dict(zip(job.unique, scored))
-        best = relevance.by_embedder(job.sentences)[: self.tuning.candidates]
+        job.embedding = relevance.embedder_scores(job.sentences, self.tuning.mean_weight, self.tuning.head_weight)
+        best = relevance.by_embedder(job.embedding)[: self.tuning.candidates]
         job.candidates = {i: relevance.model_view(job.tokens[i], job.sentences[i], self.tuning.window) for i in best}
         job.timings["embed"] = time.perf_counter() - started
 
@@ -161,8 +165,7 @@ class Compressor:
         if not job.request.query:
             return {i: job.request.chunks[i].score or 0.0 for i in job.unique}
         likelihood = {i: view.relevance for i, view in job.candidates.items()}
-        return relevance.fuse({i: job.sentences[i].best for i in job.unique}, likelihood,
-                              self.tuning.likelihood_weight)
+        return relevance.fuse(job.embedding, likelihood, self.tuning.likelihood_weight)
 
     def _prepare(self, request: CompressRequest) -> _Staged:
         clock = time.perf_counter()

@@ -1,7 +1,10 @@
 """How relevant each chunk and each sentence is to the question: the embedder's similarities,
 fused with the language model's question likelihood where the model was asked.
 
-The embedder (22M parameters) reads every sentence; the language model only reads the few chunks
+The embedder (22M parameters) reads every sentence, and each chunk's opening as a whole (what the
+chunk is about: a function's signature and first lines, a passage's topic); a chunk's embedder
+score combines its best sentence, its sentences' mean and its opening. The language model only
+reads the few chunks
 the embedder ranks highest, which is where its judgement changes the outcome (the chunks near the
 budget's edge), at a fraction of the cost of reading everything. All scores are z-scores within
 one request, so that weights tuned on one set of questions carry to another.
@@ -22,6 +25,7 @@ from engine.api import StopCheck
 from engine.errors import Interrupted
 
 EMBED_SLICE = 256  # units per embedder call: a cancelled request stops within one slice
+HEAD_CHARS = 384  # a chunk's opening, embedded as one text (about 100 of the embedder's tokens)
 
 
 class TextEmbedder(Protocol):
@@ -35,10 +39,15 @@ class ChunkSentences:
 
     spans: list[segment.Span]
     similarity: list[float]
+    head: float  # similarity of the chunk's first ``HEAD_CHARS`` characters, embedded as one text
 
     @property
     def best(self) -> float:
         return max(self.similarity, default=-1.0)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.similarity) if self.similarity else -1.0
 
 
 def units_of_text(text: str) -> list[segment.Span]:
@@ -48,26 +57,43 @@ def units_of_text(text: str) -> list[segment.Span]:
 
 def embed_sentences(embedder: TextEmbedder, query: str, texts: Sequence[str],
                     stop: StopCheck | None = None) -> list[ChunkSentences]:
-    """Every chunk's units and their cosine similarity to ``query``. ``stop`` is asked before each
-    slice of ``EMBED_SLICE`` units; when it turns true, ``Interrupted`` is raised."""
+    """Every chunk's units and opening, and their cosine similarity to ``query``. ``stop`` is asked
+    before each slice of ``EMBED_SLICE`` texts; when it turns true, ``Interrupted`` is raised."""
     spans = [units_of_text(text) for text in texts]
-    flat = [span.text(text).strip() for text, chunk in zip(texts, spans) for span in chunk]
+    flat = [text[:HEAD_CHARS] for text in texts]
+    flat += [span.text(text).strip() for text, chunk in zip(texts, spans) for span in chunk]
     question = embedder.embed([query])[0]
     similarity: list[float] = []
     for start in range(0, len(flat), EMBED_SLICE):
         if stop is not None and stop():
             raise Interrupted("the request was abandoned while its sentences were embedded")
         similarity += (embedder.embed(flat[start : start + EMBED_SLICE]) @ question).tolist()
-    out, position = [], 0
-    for chunk in spans:
-        out.append(ChunkSentences(chunk, similarity[position : position + len(chunk)]))
+    out, position = [], len(texts)
+    for head, chunk in zip(similarity, spans):
+        out.append(ChunkSentences(chunk, similarity[position : position + len(chunk)], head))
         position += len(chunk)
     return out
 
 
-def by_embedder(sentences: Mapping[int, ChunkSentences]) -> list[int]:
-    """Chunk indices, the best sentence's similarity first (ties: input order)."""
-    return sorted(sentences, key=lambda i: (-sentences[i].best, i))
+def embedder_scores(sentences: Mapping[int, ChunkSentences], mean_weight: float,
+                    head_weight: float) -> dict[int, float]:
+    """Each chunk's embedder score: z(best sentence) + ``mean_weight`` x z(mean of its sentences) +
+    ``head_weight`` x z(its opening), z-scored across the chunks. The best sentence alone favours a
+    chunk with one lucky line (a function whose comment echoes the question); the opening and the
+    mean say what the whole chunk is about."""
+    indices = list(sentences)
+    scores = dict.fromkeys(indices, 0.0)
+    for weight, values in ((1.0, [sentences[i].best for i in indices]),
+                           (mean_weight, [sentences[i].mean for i in indices]),
+                           (head_weight, [sentences[i].head for i in indices])):
+        for index, z in zip(indices, zscores(values)):
+            scores[index] += weight * z
+    return scores
+
+
+def by_embedder(scores: Mapping[int, float]) -> list[int]:
+    """Chunk indices, the highest embedder score first (ties: input order)."""
+    return sorted(scores, key=lambda i: (-scores[i], i))
 
 
 def zscores(values: Sequence[float]) -> list[float]:
