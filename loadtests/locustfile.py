@@ -20,6 +20,7 @@ import time
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
+from focal_client import NO_RETRIES
 from locust import User, between, events, task
 
 from compressor.client import FocalClient
@@ -43,7 +44,9 @@ class FocalUser(User):
     wait_time = between(0.2, 1.0)
 
     def on_start(self) -> None:
-        self.client = FocalClient(self.host, timeout=float(os.environ.get("FOCAL_LOAD_TIMEOUT", "60")))
+        # No client retries: the scenarios count the server's own refusals (RESOURCE_EXHAUSTED, UNAVAILABLE).
+        self.client = FocalClient(self.host, timeout=float(os.environ.get("FOCAL_LOAD_TIMEOUT", "60")),
+                                  retry=NO_RETRIES)
         self.number = next(_user_numbers)
         self.rng = random.Random(self.number)
         self.upserts = itertools.count()

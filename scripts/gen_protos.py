@@ -1,21 +1,23 @@
-"""Generate the Python gRPC code for protos/ into compressor/rpc/ (committed; a test checks it is current).
+"""Generate the Python gRPC code for protos/ into compressor/rpc/ (the service's) and
+clients/python/focal_client/rpc/ (the light client's); both are committed and a test checks they are current.
 
-    python scripts/gen_protos.py [OUTPUT_DIR]
+    python scripts/gen_protos.py
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-PACKAGE = "compressor.rpc"
+# Where each copy lives -> the Python package it is imported as.
+TARGETS = {ROOT / "compressor" / "rpc": "compressor.rpc",
+           ROOT / "clients" / "python" / "focal_client" / "rpc": "focal_client.rpc"}
 
 
-def generate(output: Path) -> list[Path]:
+def generate(output: Path, package: str) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
@@ -26,7 +28,7 @@ def generate(output: Path) -> list[Path]:
     written = sorted(p for p in output.rglob("*.py*") if p.is_file() and p.suffix in (".py", ".pyi"))
     for path in written:
         # Generated modules import each other as top-level `focal.…`; make that a path inside our package.
-        path.write_text(path.read_text().replace("from focal.", f"from {PACKAGE}.focal."))
+        path.write_text(path.read_text().replace("from focal.", f"from {package}.focal."))
     for folder in {p.parent for p in written} | {output}:
         while folder != output.parent:
             (folder / "__init__.py").touch()
@@ -35,6 +37,6 @@ def generate(output: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "compressor" / "rpc"
-    for path in generate(target):
-        print(path.relative_to(target.parent))
+    for target, package in TARGETS.items():
+        for path in generate(target, package):
+            print(path.relative_to(ROOT))

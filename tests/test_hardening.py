@@ -16,6 +16,7 @@ import urllib.request
 
 import grpc
 import pytest
+from focal_client import NO_RETRIES
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_service import CHUNKS, SAMPLE, Running, slow_chunks
 
@@ -116,7 +117,7 @@ def test_a_huge_request_is_dropped_at_its_deadline_and_frees_the_engine(engine):
 def test_a_deadline_the_queue_cannot_meet_is_refused_at_once(engine):
     server = Running(engine, max_batch=1, queue_depth=8)
     try:
-        with server.client() as client:
+        with server.client(retry=NO_RETRIES) as client:
             client.compress("q", slow_chunks(8), rate=0.5, timeout=120)  # the server measures its speed
             busy = client.stub.Compress.future(message(slow_chunks(20)), timeout=120)
             time.sleep(0.3)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from focal_client import NO_RETRIES
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
@@ -144,7 +145,7 @@ def test_32_concurrent_clients_all_answered(server):
 def test_queue_full_is_refused_at_once(engine):
     running = Running(engine, max_batch=1, queue_depth=0)
     try:
-        with running.client() as client:
+        with running.client(retry=NO_RETRIES) as client:  # the server's answer itself, not the client's retries
             busy = client.stub.Compress.future(
                 pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks()], rate=0.5),
                 timeout=120)
@@ -313,7 +314,7 @@ def test_sigterm_drains(tmp_path):
     server = ServerProcess(port, {"FOCAL_METRICS_PORT": str(metrics), "FOCAL_DRAIN_SECONDS": "30"}, log_path)
     try:
         server.start(timeout=60)
-        client = FocalClient(server.target)
+        client = FocalClient(server.target, retry=NO_RETRIES)
         in_flight = client.stub.Compress.future(
             pb.CompressRequest(query="q", chunks=[pb.Chunk(id=i, text=t) for i, t in slow_chunks(24)], rate=0.5),
             timeout=120)

@@ -8,15 +8,8 @@ import sys
 import time
 from dataclasses import asdict
 
-from compressor.cli.inputs import chunk_of, read_chunks
-from compressor.compression.request import (
-    DEFAULT_METHOD,
-    METHODS,
-    REORDERS,
-    CompressionInputError,
-    CompressOptions,
-    CompressRequest,
-)
+from compressor.cli.inputs import add_request_arguments, requests_of
+from compressor.compression.request import CompressionInputError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,20 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = CompressOptions(force_tokens=args.force_token, reorder=args.reorder, instruction=args.instruction,
-                              separator=args.separator.encode().decode("unicode_escape"))
     try:
-        chunks, questions = read_chunks(args.inputs)
-        if chunks and not args.query:
-            raise CompressionInputError("--query", "is required when the inputs are chunks")
-        requests = [CompressRequest(args.query or "", chunks, args.rate, args.target_tokens, args.method,
-                                    args.adaptive, options)]
-        if questions:
-            requests = [CompressRequest(q["question"], [chunk_of(i, c) for i, c in enumerate(q["chunks"])],
-                                        args.rate, args.target_tokens, args.method, args.adaptive, options)
-                        for q in questions]
-        for request in requests:
-            request.validate()
+        requests = requests_of(args)
     except (CompressionInputError, OSError) as exc:
         print(f"focal compress: {exc}", file=sys.stderr)
         return 2
@@ -69,21 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(commands) -> None:
     compress = commands.add_parser("compress", help="compress retrieved chunks for a question")
-    compress.add_argument("inputs", nargs="+", help="JSONL of chunks or of questions (shared data schema), "
-                                                     "or plain files (one chunk each)")
-    compress.add_argument("--query", "-q", help="the question (required for chunk inputs)")
-    budget = compress.add_mutually_exclusive_group()
-    budget.add_argument("--rate", type=float, default=None, help="fraction of the context tokens to keep (0, 1]")
-    budget.add_argument("--target-tokens", type=int, default=None,
-                        help="token budget for the kept context (with --adaptive: its ceiling)")
-    compress.add_argument("--adaptive", action="store_true",
-                          help="no fixed rate: keep what is relevant to the question and drop the rest")
-    compress.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="default: %(default)s")
-    compress.add_argument("--reorder", choices=REORDERS, default="original", help="default: %(default)s")
-    compress.add_argument("--instruction", default="", help="text put before the context, never compressed")
-    compress.add_argument("--separator", default="\\n\\n", help="between kept chunks (escapes allowed)")
-    compress.add_argument("--force-token", action="append", default=[], help="a word never dropped (repeatable)")
-    compress.add_argument("--json", action="store_true", help="print the full result as JSON, one line per request")
+    add_request_arguments(compress)
     compress.add_argument("--model", default=None, help="GGUF file or HF directory (default: the embedded SmolLM2)")
     compress.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has bf16 units), float32, bfloat16")
     compress.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")

@@ -1,5 +1,5 @@
-"""``focal index``: fill and query a retrieval index, either a data directory directly (no server
-may hold it at the same time) or a running server (``--target``).
+"""focal index: fill and query a retrieval index, either a data directory directly (no server
+may hold it at the same time) or a running server (--target, with --token or $FOCAL_TOKEN).
 
     focal index add docs/*.md corpus.jsonl --data-dir ./data --namespace wiki
     focal index search "Which river flows through Paris?" --data-dir ./data --namespace wiki
@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from compressor.cli.call import add_client_arguments
 from compressor.cli.jsonl import jsonl_rows
 from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
 from compressor.service import settings as settings_module
@@ -78,10 +79,11 @@ class _Local:
 
 
 class _Remote:
-    def __init__(self, target: str, token: str, ca: str | None) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         from compressor.client import FocalClient
 
-        self.client = FocalClient(target, token=token or None, root_ca=ca, timeout=600)
+        self.client = FocalClient(args.target, token=args.token or None, root_ca=args.ca,
+                                  client_cert=args.client_cert, client_key=args.client_key, timeout=600)
 
     def upsert(self, namespace, batch):
         reply = self.client.upsert(batch, namespace=namespace)
@@ -118,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
                 from compressor.retrieval.repair import repair as run
             print(json.dumps(run(settings.data_dir, settings.index_spec()), indent=1))
             return 0
-        index = _Remote(args.target, settings.token(), args.ca) if args.target else _Local(settings)
+        index = _Remote(args) if args.target else _Local(settings)
         try:
             if args.action == "add":
                 read = list(_documents(args.paths))
@@ -158,9 +160,8 @@ def add_parser(commands) -> None:
     def action(name: str, help: str) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=help)
         parser.add_argument("--namespace", default="", help="default: 'default'")
-        parser.add_argument("--target", default=None, help="HOST:PORT of a running server (instead of --data-dir)")
-        parser.add_argument("--ca", default=None, help="with --target: PEM CA bundle, connect with TLS")
-        settings_module.add_arguments(parser)
+        add_client_arguments(parser, target=None)
+        settings_module.add_arguments(parser, settings_module.STORE_SETTINGS)
         parser.set_defaults(run=_run)
         return parser
 

@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -202,9 +203,18 @@ def _parser_of(kind: type):
     return _boolean if kind is bool else kind
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+# The settings that say how a data directory is opened as an index (``focal index`` offers only these).
+STORE_SETTINGS = ("data_dir", "embedder", "embedder_dim", "embed_batch", "index_type", "ivf_nlist", "ivf_nprobe",
+                  "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "chunk_chars", "chunk_overlap",
+                  "max_documents", "max_document_chars", "max_top_k", "snapshot_every")
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Collection[str] | None = None) -> None:
+    """A flag per setting (``names``: only those), and ``--config``."""
     parser.add_argument("--config", help="TOML file of settings (same names as the flags, with underscores)")
     for field in fields(Settings):
+        if names is not None and field.name not in names:
+            continue
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
                             type=_parser_of(type(field.default)),
                             help=f"{HELP[field.name]} (env {_env_name(field.name)}; default: {field.default!r})")
