@@ -58,18 +58,22 @@ def units_of_text(text: str) -> list[segment.Span]:
 def embed_sentences(embedder: TextEmbedder, query: str, texts: Sequence[str],
                     stop: StopCheck | None = None) -> list[ChunkSentences]:
     """Every chunk's units and opening, and their cosine similarity to ``query``. ``stop`` is asked
-    before each slice of ``EMBED_SLICE`` texts; when it turns true, ``Interrupted`` is raised."""
+    before each slice of ``EMBED_SLICE`` units; when it turns true, ``Interrupted`` is raised."""
     spans = [units_of_text(text) for text in texts]
-    flat = [text[:HEAD_CHARS] for text in texts]
-    flat += [span.text(text).strip() for text, chunk in zip(texts, spans) for span in chunk]
-    question = embedder.embed([query])[0]
-    similarity: list[float] = []
-    for start in range(0, len(flat), EMBED_SLICE):
+    flat = [span.text(text).strip() for text, chunk in zip(texts, spans) for span in chunk]
+    distinct = list(dict.fromkeys(flat))  # repeated lines (code's "else:", "return None") are embedded once
+    # The openings go in their own call: batched with short sentences they would pad them all to their length.
+    first = embedder.embed([query, *(text[:HEAD_CHARS] for text in texts)])
+    question, heads = first[0], (first[1:] @ first[0]).tolist()
+    found: list[float] = []
+    for start in range(0, len(distinct), EMBED_SLICE):
         if stop is not None and stop():
             raise Interrupted("the request was abandoned while its sentences were embedded")
-        similarity += (embedder.embed(flat[start : start + EMBED_SLICE]) @ question).tolist()
-    out, position = [], len(texts)
-    for head, chunk in zip(similarity, spans):
+        found += (embedder.embed(distinct[start : start + EMBED_SLICE]) @ question).tolist()
+    similarity_of = dict(zip(distinct, found))
+    similarity = [similarity_of[unit] for unit in flat]
+    out, position = [], 0
+    for head, chunk in zip(heads, spans):
         out.append(ChunkSentences(chunk, similarity[position : position + len(chunk)], head))
         position += len(chunk)
     return out
