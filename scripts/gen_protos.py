@@ -1,5 +1,6 @@
-"""Generate the Python gRPC code for protos/ into compressor/rpc/ (the service's) and
-clients/python/focal_client/rpc/ (the light client's); both are committed and a test checks they are current.
+"""Generate the Python gRPC code for protos/ into clients/python/focal_client/rpc/: the light client's
+stubs, which the service imports too (Focal depends on the client distribution). Committed; a test
+checks they are current.
 
     python scripts/gen_protos.py
 """
@@ -12,12 +13,11 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-# Where each copy lives -> the Python package it is imported as.
-TARGETS = {ROOT / "compressor" / "rpc": "compressor.rpc",
-           ROOT / "clients" / "python" / "focal_client" / "rpc": "focal_client.rpc"}
+TARGET = ROOT / "clients" / "python" / "focal_client" / "rpc"
+PACKAGE = "focal_client.rpc"  # what the generated modules are imported as
 
 
-def generate(output: Path, package: str) -> list[Path]:
+def generate(output: Path, package: str = PACKAGE) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
@@ -37,6 +37,5 @@ def generate(output: Path, package: str) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for target, package in TARGETS.items():
-        for path in generate(target, package):
-            print(path.relative_to(ROOT))
+    for path in generate(TARGET):
+        print(path.relative_to(ROOT))

@@ -278,9 +278,9 @@ def test_adaptive_budget_keeps_the_answer_and_drops_the_rest(compressor, sample,
 
 def test_readme_grpcurl_example_keeps_its_answer(compressor):
     """The README's canary example, parsed from the README and compressed as the server would."""
+    from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
     from google.protobuf import json_format
 
-    from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
     from compressor.service.protocol import to_request
     from compressor.service.settings import Settings
 

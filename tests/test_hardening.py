@@ -17,12 +17,12 @@ import urllib.request
 import grpc
 import pytest
 from focal_client import NO_RETRIES
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_service import CHUNKS, SAMPLE, Running, slow_chunks
 
 from compressor.client import FocalClient, wait_until_serving
-from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
-from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 from compressor.service.server import FocalServer
 from compressor.service.settings import Settings
 from devtools.data import ROOT

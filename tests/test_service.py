@@ -16,14 +16,14 @@ from pathlib import Path
 import grpc
 import pytest
 from focal_client import NO_RETRIES
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compressor.client import FocalClient
-from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
-from compressor.rpc.focal.compressor.v1 import compressor_pb2_grpc as pb_grpc
 from compressor.service.server import FocalServer, log
 from compressor.service.settings import Settings
 from devtools.ports import free_port

@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 import grpc
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
 
 from compressor.compression.pipeline import Compressor
 from compressor.compression.request import Chunk, CompressionInputError, CompressRequest
-from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.service.metrics import Metrics
 from compressor.service.protocol import to_request, to_response
 from compressor.service.scheduler import Abandoned, Draining, Scheduler

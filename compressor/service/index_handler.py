@@ -8,8 +8,8 @@ import threading
 from typing import Any
 
 import grpc
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
 
-from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.service.handling import unary
 from compressor.service.metrics import Metrics
 from compressor.service.protocol import request_parser

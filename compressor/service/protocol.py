@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from google.protobuf.message import DecodeError, Message
 
 from compressor.compression.request import (
@@ -15,7 +16,6 @@ from compressor.compression.request import (
     CompressRequest,
     CompressResult,
 )
-from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.service.settings import Settings
 
 _METHODS = {pb.METHOD_UNSPECIFIED: DEFAULT_METHOD, pb.METHOD_TOKEN: "token", pb.METHOD_SENTENCE: "sentence",

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import grpc
 import torch
+from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from compressor.compression.pipeline import Compressor
-from compressor.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from compressor.service.auth import BearerAuth
 from compressor.service.compress_handler import CompressHandler
 from compressor.service.handling import unary

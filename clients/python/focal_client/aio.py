@@ -23,10 +23,8 @@ class AsyncFocalClient:
                  client_cert: str | Path | None = None, client_key: str | Path | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT_S, max_message_bytes: int = 16 * 1024 * 1024,
                  retry: channel.RetryPolicy = channel.DEFAULT_RETRIES) -> None:
-        credentials = channel.credentials(root_ca, client_cert, client_key)
-        settings = channel.options(max_message_bytes, retry)
-        self.channel = (grpc.aio.secure_channel(target, credentials, options=settings) if credentials
-                        else grpc.aio.insecure_channel(target, options=settings))
+        self.channel = channel.open_channel(grpc.aio, target, root_ca, client_cert, client_key, max_message_bytes,
+                                            retry)
         self.stub = pb_grpc.CompressorStub(self.channel)
         self.index = pb_grpc.IndexStub(self.channel)
         self.metadata = channel.metadata(token)

@@ -70,3 +70,14 @@ def credentials(root_ca: str | Path | None, client_cert: str | Path | None,
 
 def metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def open_channel(grpc_module, target: str, root_ca: str | Path | None, client_cert: str | Path | None,
+                 client_key: str | Path | None, max_message_bytes: int, retry: RetryPolicy):
+    """A channel to ``target`` from ``grpc_module`` (``grpc`` for the sync client, ``grpc.aio`` for the
+    asyncio one): TLS when ``root_ca`` is given, the message limits and the retry policy."""
+    secure = credentials(root_ca, client_cert, client_key)
+    settings = options(max_message_bytes, retry)
+    if secure is not None:
+        return grpc_module.secure_channel(target, secure, options=settings)
+    return grpc_module.insecure_channel(target, options=settings)
