@@ -56,9 +56,10 @@ class Tuning:
 
     mean_weight: float = 0.0  # chunk's embedder score: z(best sentence) + this x z(mean of its sentences)
     head_weight: float = 2.0  # ... + this x z(similarity of its opening, embedded whole)
+    head_chars: int = 192  # a chunk's opening: its first characters (the embedder's cost grows with it)
     candidates: int = 3  # chunks the language model reads (the embedder's best)
-    window: int = 48  # tokens of a candidate the model reads, around its best sentence (0 = the whole chunk)
-    likelihood_weight: float = 1.0  # the model's z-scored question likelihood, against the embedder's z-score
+    window: int = 32  # tokens of a candidate the model reads, around its best sentence (0 = the whole chunk)
+    likelihood_weight: float = 0.5  # the model's z-scored question likelihood, against the embedder's z-score
     chunk_weight: float = 1.0  # sentence score = own similarity z-score + this x its chunk's relevance
     adaptive_threshold: float = 1.0  # adaptive budget: keep the sentences whose score reaches this
     density: float = 0.7  # token method: average fraction of its tokens an admitted chunk keeps
@@ -154,7 +155,7 @@ class Compressor:
             return
         started = time.perf_counter()
         scored = relevance.embed_sentences(self.embedder, job.request.query, [job.texts[i] for i in job.unique],
-                                           stop)
+                                           self.tuning.head_chars, stop)
         job.sentences = dict(zip(job.unique, scored))
         job.embedding = relevance.embedder_scores(job.sentences, self.tuning.mean_weight, self.tuning.head_weight)
         best = relevance.by_embedder(job.embedding)[: self.tuning.candidates]

@@ -25,7 +25,6 @@ from engine.api import StopCheck
 from engine.errors import Interrupted
 
 EMBED_SLICE = 256  # units per embedder call: a cancelled request stops within one slice
-HEAD_CHARS = 384  # a chunk's opening, embedded as one text (about 100 of the embedder's tokens)
 
 
 class TextEmbedder(Protocol):
@@ -39,7 +38,7 @@ class ChunkSentences:
 
     spans: list[segment.Span]
     similarity: list[float]
-    head: float  # similarity of the chunk's first ``HEAD_CHARS`` characters, embedded as one text
+    head: float  # similarity of the chunk's opening (its first characters, embedded as one text)
 
     @property
     def best(self) -> float:
@@ -55,16 +54,15 @@ def units_of_text(text: str) -> list[segment.Span]:
     return segment.lines(text) if segment.looks_like_code(text) else segment.sentences(text)
 
 
-def embed_sentences(embedder: TextEmbedder, query: str, texts: Sequence[str],
+def embed_sentences(embedder: TextEmbedder, query: str, texts: Sequence[str], head_chars: int,
                     stop: StopCheck | None = None) -> list[ChunkSentences]:
-    """Every chunk's units and opening, and their cosine similarity to ``query``. ``stop`` is asked
-    before each slice of ``EMBED_SLICE`` units; when it turns true, ``Interrupted`` is raised."""
+    """Every chunk's units and opening (its first ``head_chars`` characters), and their cosine
+    similarity to ``query``. ``stop`` is asked before each slice of ``EMBED_SLICE`` units; when it
+    turns true, ``Interrupted`` is raised."""
     spans = [units_of_text(text) for text in texts]
     flat = [span.text(text).strip() for text, chunk in zip(texts, spans) for span in chunk]
     distinct = list(dict.fromkeys(flat))  # repeated lines (code's "else:", "return None") are embedded once
-    # The openings go in their own call: batched with short sentences they would pad them all to their length.
-    first = embedder.embed([query, *(text[:HEAD_CHARS] for text in texts)])
-    question, heads = first[0], (first[1:] @ first[0]).tolist()
+    question, heads = opening_similarity(embedder, query, texts, head_chars)
     found: list[float] = []
     for start in range(0, len(distinct), EMBED_SLICE):
         if stop is not None and stop():
@@ -77,6 +75,15 @@ def embed_sentences(embedder: TextEmbedder, query: str, texts: Sequence[str],
         out.append(ChunkSentences(chunk, similarity[position : position + len(chunk)], head))
         position += len(chunk)
     return out
+
+
+def opening_similarity(embedder: TextEmbedder, query: str, texts: Sequence[str],
+                       head_chars: int) -> tuple[np.ndarray, list[float]]:
+    """The question's vector, and each chunk's first ``head_chars`` characters' similarity to it.
+    The openings go in their own call: batched with short sentences they would pad them all to
+    their length. The call costs in proportion to ``head_chars``."""
+    first = embedder.embed([query, *(text[:head_chars] for text in texts)])
+    return first[0], (first[1:] @ first[0]).tolist()
 
 
 def embedder_scores(sentences: Mapping[int, ChunkSentences], mean_weight: float,
