@@ -16,17 +16,22 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 from engine.api import Engine, EngineOptions, Generation, TokenScores
 from engine.config import ModelConfig, from_hf_dict
+from engine.decoding import Speculation
+from engine.drafting import Drafter, PromptLookup
 from engine.errors import ConfigError, EngineError, Interrupted, TokenizerError, WeightsError
 from engine.loader import default_model_path, load
 
 __all__ = [
     "ConfigError",
+    "Drafter",
     "Engine",
     "EngineError",
     "EngineOptions",
     "Generation",
     "Interrupted",
     "ModelConfig",
+    "PromptLookup",
+    "Speculation",
     "TokenScores",
     "TokenizerError",
     "WeightsError",

@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from engine.cache import KVCache
 from engine.compiled import CompiledForward, CompileStats
-from engine.config import ModelConfig
-from engine.errors import Interrupted
+from engine.config import SLIDING, ModelConfig
+from engine.decoding import (
+    Generation,
+    Output,
+    Sampling,
+    StopCheck,
+    checkpoint,
+    decode_plain,
+    decode_speculative,
+)
+from engine.drafting import Drafter
 from engine.loader import load
 from engine.model import CausalLM
 from engine.packed import pack_bf16, packing_available
@@ -45,15 +52,6 @@ class TokenScores:
         return math.exp(-self.logprobs.mean().item()) if self.token_ids else float("nan")
 
 
-# Asked between batches and prefill chunks; True abandons the work (``Interrupted``).
-StopCheck = Callable[[], bool]
-
-
-def _checkpoint(stop: StopCheck | None) -> None:
-    if stop is not None and stop():
-        raise Interrupted("the caller stopped the work (cancelled, or past its deadline)")
-
-
 @dataclass
 class _Prefix:
     """A scored prefix shared by every row of a ``score`` call."""
@@ -61,14 +59,6 @@ class _Prefix:
     cache: KVCache
     first: torch.Tensor  # log-probabilities of the first continuation token [V]
     first_entropy: torch.Tensor
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" (a stop string), "eos" or "length"
-    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -145,7 +135,7 @@ class Engine:
         ``stop`` is asked before every chunk."""
         parts = []
         for start in range(0, ids.shape[1], self.options.prefill_chunk):
-            _checkpoint(stop)
+            checkpoint(stop)
             parts.append(self.forward(ids[:, start : start + self.options.prefill_chunk], cache))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
@@ -208,7 +198,7 @@ class Engine:
         """
         prefix = self._prefix_ids(prefix)
         self._check_length(len(prefix) + max((len(c) for c in continuations), default=0))
-        _checkpoint(stop)
+        checkpoint(stop)
         prefix_cache, prefix_hidden = self.prefill_prefix(prefix)
         logits = self.model.logits(prefix_hidden).float()[0]
         first = logits - torch.logsumexp(logits, dim=-1)
@@ -216,7 +206,7 @@ class Engine:
         shared = _Prefix(prefix_cache, first, first_entropy)
         results: list[TokenScores | None] = [None] * len(continuations)
         for batch in self._length_buckets(continuations):
-            _checkpoint(stop)
+            checkpoint(stop)
             self._score_batch(shared, [continuations[i] for i in batch], batch, results, entropy, tail, stop)
         return [r for r in results if r is not None]
 
@@ -285,46 +275,39 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompt: str | list[int], max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, stop: tuple[str, ...] | list[str] = (),
-                 seed: int | None = None) -> Generation:
-        """Decode a continuation of ``prompt`` (text or token ids)."""
+                 seed: int | None = None, drafter: Drafter | None = None, draft_tokens: int = 8,
+                 interrupt: StopCheck | None = None, time_limit: float | None = None) -> Generation:
+        """Decode a continuation of ``prompt`` (text or token ids). With a ``drafter`` the decode is
+        speculative (``engine.decoding``): the same output for greedy decoding, the same
+        distribution for sampling, fewer forwards when the drafts are good; ``draft_tokens`` bounds
+        one draft. ``interrupt`` is asked before every forward: when it turns true the call raises
+        ``Interrupted`` (a request's deadline or cancellation). ``time_limit`` (seconds) ends the
+        decode with what it has, finish reason ``"time"``."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             ids = self._prefix_ids([])
         self._check_length(len(ids) + max_new_tokens)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         device = self.model.model.embed_tokens.weight.device
         generator = torch.Generator(device=device)
         if seed is not None:
             generator.manual_seed(seed)
+        checkpoint(interrupt)
         cache, hidden = self.prefill_prefix(ids, reserve=len(ids) + max_new_tokens)
-        eos = set(self.config.eos_token_ids)
-        out: list[int] = []
-        text = ""
-        for _ in range(max_new_tokens):
-            logits = self.model.logits(hidden)[0].float()
-            token = self._pick(logits, temperature, top_k, top_p, generator)
-            if token in eos:
-                return Generation(text, out, "eos", len(ids))
-            out.append(token)
-            text = self.tokenizer.decode(out)
-            hits = [text.find(s) for s in stop if s and s in text]
-            if hits:
-                return Generation(text[: min(hits)], out, "stop", len(ids))
-            hidden = self.forward(torch.tensor([[token]], device=device), cache)[:, -1]
-        return Generation(text, out, "length", len(ids))
+        sampling = Sampling(temperature, top_k, top_p)
+        output = Output(self.tokenizer, set(self.config.eos_token_ids), stop, len(ids), max_new_tokens,
+                        time_limit)
+        if drafter is None:
+            return decode_plain(self.forward, self.model.logits, cache, hidden, sampling, generator, output,
+                                interrupt)
+        return decode_speculative(self.forward, self.model.logits, cache, hidden, sampling, generator, output,
+                                  interrupt, drafter, ids, min(draft_tokens, self.longest_draft))
 
-    @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-              generator: torch.Generator) -> int:
-        if temperature <= 0:
-            return int(logits.argmax())
-        logits = logits / temperature
-        if top_k > 0:
-            kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = F.softmax(logits, dim=-1)
-        if top_p < 1.0:
-            sorted_probs, sorted_ids = torch.sort(probs, descending=True)
-            outside = sorted_probs.cumsum(0) - sorted_probs > top_p
-            sorted_probs[outside] = 0
-            probs = torch.zeros_like(probs).scatter_(0, sorted_ids, sorted_probs)
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+    @property
+    def longest_draft(self) -> int:
+        """The most drafted tokens one verifying forward may carry: with the model's own token they
+        must fit in the sliding window (a ring cannot rewind more than it holds)."""
+        if SLIDING in self.config.layer_types:
+            return self.config.sliding_window - 1
+        return self.context_length

@@ -9,6 +9,11 @@ reuses it. Each layer's ``update`` stores this step's keys and advances its own 
 A sliding ring stores position ``p`` in slot ``p % window``. A multi-token step attends over the
 ring as it was plus the new keys, then writes the newest ``window`` keys into the ring, so memory
 stays at ``window`` positions however long the sequence grows.
+
+A tentative step (speculative decoding's verification) is bracketed by :meth:`KVCache.mark`, which
+saves the ring slots the step will overwrite, and :meth:`KVCache.rewind`, which keeps the step's
+first positions and restores the slots of the rest: the cache is then exactly what running only
+the kept tokens would have left.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import SLIDING, ModelConfig
+
+# What a layer's tentative step overwrote: (keys, values) of the ring slots, or None (nothing to restore).
+Saved = tuple[torch.Tensor, torch.Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,13 @@ class FullKV(_StoredKV):
             clone.values = self.values[:, :, : self.offset].repeat(batch, 1, 1, 1)
         return clone
 
+    def mark(self, new: int) -> Saved:
+        """Nothing to save: positions past the offset are never read."""
+        return None
+
+    def rewind(self, offset: int, saved: Saved, keep: int) -> None:
+        self.offset = offset + keep
+
 
 class RingKV(_StoredKV):
     """A sliding-window layer: a ring of ``window`` positions."""
@@ -147,8 +162,39 @@ class RingKV(_StoredKV):
             clone.values = self.values.repeat(batch, 1, 1, 1)
         return clone
 
+    def _slots(self, first: int, count: int) -> torch.Tensor:
+        return torch.arange(first, first + count, device=self.shape.device) % self.window
+
+    def mark(self, new: int) -> Saved:
+        """The ring slots a step of ``new`` tokens will overwrite (at most a window's worth)."""
+        if new > self.window:
+            raise ValueError(f"a tentative step of {new} tokens exceeds the sliding window of {self.window}")
+        if self.keys is None:
+            return None
+        slots = self._slots(self.offset, new)
+        return self.keys[:, :, slots].clone(), self.values[:, :, slots].clone()
+
+    def rewind(self, offset: int, saved: Saved, keep: int) -> None:
+        """Keep the step's first ``keep`` positions; the slots of the others get back what they held."""
+        end = self.offset
+        self.offset = offset + keep
+        if saved is None or self.offset == end:
+            return
+        dropped = torch.arange(keep, end - offset, device=self.shape.device)
+        slots = self._slots(self.offset, end - self.offset)
+        self.keys[:, :, slots] = saved[0][:, :, dropped]
+        self.values[:, :, slots] = saved[1][:, :, dropped]
+
 
 LayerKV = FullKV | RingKV
+
+
+@dataclass
+class Mark:
+    """The cache's offset before a tentative step, and what each layer's step overwrote."""
+
+    offset: int
+    saved: list[Saved]
 
 
 class KVCache:
@@ -180,6 +226,17 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes of K/V storage held, across all layers."""
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers if layer.keys is not None)
+
+    def mark(self, new: int) -> Mark:
+        """Before a tentative step of ``new`` tokens: what :meth:`rewind` needs to undo part of it."""
+        return Mark(self.offset, [layer.mark(new) for layer in self.layers])
+
+    def rewind(self, mark: Mark, keep: int) -> None:
+        """After the step marked by ``mark``: keep its first ``keep`` positions, forget the rest."""
+        if not 0 <= keep <= self.offset - mark.offset:
+            raise ValueError(f"cannot keep {keep} of the step's {self.offset - mark.offset} positions")
+        for layer, saved in zip(self.layers, mark.saved):
+            layer.rewind(mark.offset, saved, keep)
 
     def repeat(self, batch: int) -> KVCache:
         """A new cache whose ``batch`` rows each copy this single-row cache (shared-prefix scoring)."""
