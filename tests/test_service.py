@@ -80,6 +80,19 @@ def test_adaptive_budget_chooses_the_tokens_under_a_ceiling(server):
     assert capped.usage.target_tokens == 40 and 0 < capped.usage.compressed_tokens <= 40
 
 
+def test_digest_over_grpc(server):
+    with server.client() as client:
+        reply = client.compress(SAMPLE["question"], CHUNKS, rate=0.25, method="digest")
+        with pytest.raises(grpc.RpcError) as refused:
+            client.compress(SAMPLE["question"], CHUNKS, adaptive=True, method="digest")
+    assert reply.digest and reply.digest_finish in ("eos", "length")
+    assert 0 < reply.usage.compressed_tokens <= reply.usage.target_tokens
+    assert reply.prompt.startswith(" ".join(s.text for s in reply.digest))
+    assert {i for s in reply.digest for i in s.chunk_ids} <= {c[0] for c in CHUNKS}
+    assert "digest" in reply.timings_ms
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "adaptive" in refused.value.details()
+
+
 def test_health_and_reflection(server):
     channel = grpc.insecure_channel(server.target)
     status = health_pb2_grpc.HealthStub(channel).Check(

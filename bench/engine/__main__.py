@@ -22,11 +22,14 @@ the KV cache's bytes at 32K tokens of the slice against (full layers x n + slidi
 window) x per-token size. llama.cpp (``llama-cpp-python``, 2 threads) runs the same weights as
 GGUF: the slice in F32, BF16 and Q8_0, the default model's own Q4_1 file. And the prefix cache:
 scoring after a shared 1024-token prefix, recomputed against cached. The ratios are plotted in
-``bench/results/engine.png``.
+``bench/results/engine.png``. Speculative decoding (``bench.engine.speculative``): the default
+model's greedy decode on digest-shaped prompts with and without the prompt-lookup drafter (fp32,
+eager), its acceptance rate and mean accepted draft length.
 
     python -m bench.engine [--threads 2] [--repeats 3] [--decode-steps 16] [--quick]
     python -m bench.engine --report-only    # re-render the report from bench/results/engine.json's figures
     python -m bench.engine --long 131072     # only: prefill the slice to 128K, KV bytes on the way
+    python -m bench.engine --speculative     # only: speculative decoding, merged into results/engine.json
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from bench.engine.llamacpp import llamacpp_available, llamacpp_files, measure_ll
 from bench.engine.models import MELLUM_SLICE, OURS_BF16, OURS_FP32, default_sides, mellum_sides, mellum_state
 from bench.engine.prefix import prefix_reuse
 from bench.engine.report import report
+from bench.engine.speculative import speculative_figures
 from bench.engine.variants import Variant, fastest, measure
 from bench.report import RESULTS, progress, provenance, write
+from engine import Engine
 
 
 def main() -> None:
@@ -57,6 +62,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="no 8192 prefill, no 32K KV, no llama.cpp")
     parser.add_argument("--long", type=int, default=0, metavar="TOKENS",
                         help="only the long-context run: prefill the slice to TOKENS (e.g. 131072)")
+    parser.add_argument("--speculative", action="store_true",
+                        help="only speculative decoding: measured now, merged into results/engine.json's figures")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rebuild the report and plot from the figures in results/engine.json")
     args = parser.parse_args()
@@ -66,6 +73,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.long:
         long_context(args.long)
+        return
+    if args.speculative:
+        speculative_only(args)
         return
     limits = machine_limits(args.threads)
     raw: dict[str, dict[str, dict[str, float]]] = {}
@@ -98,6 +108,7 @@ def main() -> None:
             progress(f"kv at 32K: {extra['mellum_kv_32k']}")
         if label == "default":
             extra["default_prefix_reuse"] = prefix_reuse(sides[OURS_BF16].model)
+            extra["speculative"] = measure_speculative()
         for variant in [v for v in sides if v.side == "transformers"]:
             del sides[variant]
         gc.collect()
@@ -116,7 +127,22 @@ def main() -> None:
     write("engine", *report(raw, extra, args))
 
 
-def rerender(args: argparse.Namespace) -> None:
+def measure_speculative() -> dict:
+    figures = speculative_figures(Engine.load())
+    figures["provenance"] = provenance({"model": "default", "dtype": "fp32", "compiled": False})
+    return figures
+
+
+def speculative_only(args: argparse.Namespace) -> None:
+    """Speculative decoding measured now; the other figures of results/engine.json kept as they were
+    (the report says when each was measured)."""
+    stored = json.loads((RESULTS / "engine.json").read_text())
+    stored["extra"]["speculative"] = measure_speculative()
+    (RESULTS / "engine.json").write_text(json.dumps(stored, indent=2))
+    rerender(args, again="only speculative decoding was measured again (its section says when)")
+
+
+def rerender(args: argparse.Namespace, again: str = "nothing was measured again") -> None:
     """The report of the stored figures, under the stored run's settings; the report says it was re-rendered."""
     stored = json.loads((RESULTS / "engine.json").read_text())
     raw = {label: {Variant.parse(name): figures for name, figures in by_name.items()}
@@ -125,8 +151,11 @@ def rerender(args: argparse.Namespace) -> None:
     args.threads, args.repeats = stored.get("threads", args.threads), stored.get("repeats", args.repeats)
     payload, markdown = report(raw, extra, args)
     when = extra.get("provenance", {}).get("commit", "an earlier commit (the run predates provenance records)")
-    note = (f"Re-rendered by `python -m bench.engine --report-only` from the figures measured at {when}; "
-            "nothing was measured again.\n")
+    note = f"Re-rendered from the figures measured at {when}; {again}."
+    measured = extra.get("speculative", {}).get("provenance")
+    if measured:
+        note += f" Speculative decoding was measured at {measured['commit']} on {measured['date']}."
+    note += "\n"
     title, _, rest = markdown.partition("\n")
     write("engine", payload, f"{title}\n\n{note}{rest}")
 

@@ -131,9 +131,24 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         lines.append(f"KV cache of the slice at {kv['tokens']} tokens (bf16): {kv['bytes'] / 2**20:.1f} MiB measured, "
                      f"{kv['formula_bytes'] / 2**20:.1f} MiB by the formula (ratio {kv['ratio']:.3f}); "
                      f"prefill {kv['prefill_tok_s']:.0f} tok/s.")
+    if "speculative" in extra:
+        lookup = extra["speculative"]["prompt_lookup"]
+        ratios["default_speculative_prompt_lookup_speedup"] = lookup["speedup"]
+        when = extra["speculative"].get("provenance", {}).get("commit", "the same run")
+        lines += ["", "## Speculative decoding (default model, fp32, eager, greedy)", "",
+                  f"{lookup['prompts']} digest-shaped prompts (instruction, three numbered evidence chunks, question; "
+                  f"dev questions 51 onwards), {lookup['new_tokens']} new tokens each, outputs identical token for "
+                  f"token; the time includes each prompt's prefill, the same on both sides. Measured at {when}.", "",
+                  markdown_table(["drafter", "tok/s plain", "tok/s speculative", "speedup", "acceptance",
+                                  "mean accepted per step"],
+                                 [["prompt lookup", f"{lookup['plain_tok_s']:.1f}", f"{lookup['tok_s']:.1f}",
+                                   f"{lookup['speedup']:.2f}x", f"{lookup['acceptance']:.2f}",
+                                   f"{lookup['mean_accepted']:.2f}"]]),
+                  "", "MTP drafting: not measured (the default model has no multi-token-prediction head)."]
     raw_by_label = {model: {v.label: f for v, f in figures.items()} for model, figures in raw.items()}
     payload = {"ratios": ratios, "like_for_like": like, "raw": raw_by_label, "extra": extra,
-               "threads": args.threads, "repeats": args.repeats}
+               "threads": args.threads, "repeats": args.repeats,
+               "speculative": {k: v for k, v in extra.get("speculative", {}).items() if k != "provenance"}}
     plot(like_rows)
     return payload, "\n".join(lines)
 

@@ -15,6 +15,9 @@ Methods:
   informative words (the model's surprisal given the question); code keeps whole lines and
   signatures. Denser, but it reads as word salad, and costs a second model pass.
 - ``chunk``: keep whole chunks in order of relevance while they fit; no edits inside a chunk.
+- ``digest``: the model writes a summary of the ``sentence`` method's selection at a few times
+  the budget, within the budget (``compressor.compression.digest``); the chunks keep no text of
+  their own, the result's ``digest`` lists the sentences and the chunks each came from.
 
 The adaptive budget (``CompressRequest.adaptive``) sets no rate: the ``sentence`` score decides,
 keeping every sentence above ``Tuning.adaptive_threshold`` (Provence-style), up to an optional
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compressor.compression import budget, relevance
+from compressor.compression.digest import DigestLimits, write_digest
 from compressor.compression.relevance import ChunkSentences, TextEmbedder
 from compressor.compression.request import ChunkResult, CompressRequest, CompressResult
 from compressor.compression.scoring import ChunkTokens, SignalScorer
@@ -47,6 +51,8 @@ from compressor.compression.units import (
 )
 from compressor.embedding import default_embedder
 from engine import Engine, Interrupted
+
+DIGEST_PROMPT_TOKENS = 256  # the digest's instruction, chat template and evidence numbering, at most
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,14 @@ class _Staged:
 
 
 class Compressor:
-    def __init__(self, engine: Engine, embedder: TextEmbedder | None = None, tuning: Tuning | None = None) -> None:
+    def __init__(self, engine: Engine, embedder: TextEmbedder | None = None, tuning: Tuning | None = None,
+                 digest_limits: DigestLimits | None = None) -> None:
         """``embedder``: the sentence embedder (default: all-MiniLM-L6-v2, loaded once per process)."""
         self.engine = engine
         self.embedder = embedder if embedder is not None else default_embedder()
         self.scorer = SignalScorer(engine)
         self.tuning = tuning or Tuning()
+        self.digest_limits = digest_limits or DigestLimits()
 
     def count(self, text: str) -> int:
         return len(self.engine.encode(text)) if text else 0
@@ -186,8 +194,10 @@ class Compressor:
     def _finish(self, job: _Staged, alive: Callable[[CompressRequest], bool]) -> CompressResult | None:
         request, texts, tokens, target = job.request, job.texts, job.tokens, job.target
         options = request.options
-        sizes = [len(t.ids) for t in tokens]
         order = sorted(job.unique, key=lambda i: (-job.scores[i], i))
+        if request.method == "digest":
+            return self._digest(job, order, alive)
+        sizes = [len(t.ids) for t in tokens]
         units: dict[int, list[ScoredUnit]] = {}
         kept: dict[int, list[int]] = {}
         started = time.perf_counter()
@@ -209,21 +219,54 @@ class Compressor:
         rank_of = {index: rank for rank, index in enumerate(order)}
         context = self._fit(context_order, rank_of, chosen, units, kept, texts, target, options.separator)
         job.timings["select"] = time.perf_counter() - started
+        kept_texts = {i: chosen.get(i, "") for i in context_order}
+        return self._result(job, order, kept_texts, context)
 
+    def _result(self, job: _Staged, order: list[int], kept_texts: dict[int, str], context: str,
+                **digest: object) -> CompressResult:
+        """The result of ``job`` whose chunks kept ``kept_texts`` (unique chunk -> text) and whose
+        context is ``context``."""
+        request = job.request
+        rank_of = {index: rank for rank, index in enumerate(order)}
         results = []
         for index, chunk in enumerate(request.chunks):
             dup = job.duplicate_of.get(index)
             owner = dup if dup is not None else index
-            kept_text = chosen.get(index, "") if index in context_order else ""
+            kept_text = kept_texts.get(index, "")
             results.append(ChunkResult(
-                id=chunk.id, kept_text=kept_text, original_tokens=sizes[index], kept_tokens=self.count(kept_text),
-                relevance=job.scores[owner], rank=rank_of.get(owner, len(order)),
+                id=chunk.id, kept_text=kept_text, original_tokens=len(job.tokens[index].ids),
+                kept_tokens=self.count(kept_text), relevance=job.scores[owner], rank=rank_of.get(owner, len(order)),
                 duplicate_of=request.chunks[dup].id if dup is not None else None))
         prompt = self._prompt(context, request)
         job.timings["total"] = time.perf_counter() - job.started
         return CompressResult(prompt=prompt, chunks=results, original_tokens=job.original,
                               compressed_tokens=self.count(context), prompt_tokens=self.count(prompt),
-                              target_tokens=target, method=request.method, timings=job.timings)
+                              target_tokens=job.target, method=request.method, timings=job.timings, **digest)
+
+    def _digest(self, job: _Staged, order: list[int],
+                alive: Callable[[CompressRequest], bool]) -> CompressResult | None:
+        """The digest method: evidence by sentence selection at ``evidence_factor`` x the budget (no
+        more than the model's context leaves beside the instruction and the digest), then the model's
+        summary of it. None when the request was abandoned during the decode."""
+        request, limits = job.request, self.digest_limits
+        started = time.perf_counter()
+        room = self.engine.context_length - limits.max_tokens - self.count(request.query) - DIGEST_PROMPT_TOKENS
+        evidence_budget = max(1, min(job.original, int(limits.evidence_factor * job.target), room))
+        units = self._sentence_units(job)
+        kept = choose_sentences(units, evidence_budget, None)
+        evidence = [(request.chunks[i].id or str(i), render(job.texts[i], units[i], kept[i])) for i in sorted(kept)]
+        job.timings["select"] = time.perf_counter() - started
+        evidence = [(i, text) for i, text in evidence if text]
+        if not evidence or job.target < 1:  # nothing to summarise, or no room for a word of it
+            return self._result(job, order, {}, "", digest_finish="empty")
+        started = time.perf_counter()
+        try:
+            digest = write_digest(self.engine, request.query, evidence, job.target, limits,
+                                  interrupt=lambda: not alive(request))
+        except Interrupted:
+            return None
+        job.timings["digest"] = time.perf_counter() - started
+        return self._result(job, order, {}, digest.text, digest=digest.sentences, digest_finish=digest.finish_reason)
 
     def _sentence_units(self, job: _Staged) -> dict[int, list[ScoredUnit]]:
         return score_sentences(job.texts, job.tokens, job.sentences, job.scores, self.tuning.chunk_weight)

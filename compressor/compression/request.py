@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-METHODS = ("token", "sentence", "chunk")
+METHODS = ("token", "sentence", "chunk", "digest")
 DEFAULT_METHOD = "sentence"  # as many answers as token on the dev sets, and it reads as prose
 REORDERS = ("original", "relevance", "edges")
 
@@ -58,8 +58,10 @@ class CompressRequest:
             if not self.query.strip():
                 raise CompressionInputError("query", "the adaptive budget keeps what is relevant to the query, "
                                                      "so it needs one")
-            if self.method == "token":
+            if self.method in ("token", "digest"):
                 raise CompressionInputError("method", "the adaptive budget works with the sentence and chunk methods")
+        if self.method == "digest" and not self.query.strip():
+            raise CompressionInputError("query", "a digest summarises the evidence for a question, so it needs one")
         if self.rate is not None and not 0 < self.rate <= 1:
             raise CompressionInputError("rate", f"must be in (0, 1], got {self.rate}")
         if self.target_tokens is not None and self.target_tokens < 1:
@@ -88,6 +90,15 @@ class ChunkResult:
 
 
 @dataclass
+class DigestSentence:
+    """One sentence of a digest, and the ids of the chunks it came from (positions for chunks sent
+    without an id); empty when the model's output does not say and no chunk holds most of its words."""
+
+    text: str
+    chunk_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
 class CompressResult:
     prompt: str
     chunks: list[ChunkResult]
@@ -97,6 +108,10 @@ class CompressResult:
     target_tokens: int
     method: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    digest: list[DigestSentence] = field(default_factory=list)  # the digest method's sentences
+    # How its decode ended: "eos", "length" (token limit), "time" (time limit), or "empty" (no evidence
+    # or no budget: nothing was generated).
+    digest_finish: str = ""
 
     @property
     def ratio(self) -> float:

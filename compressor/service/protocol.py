@@ -19,7 +19,7 @@ from compressor.compression.request import (
 from compressor.service.settings import Settings
 
 _METHODS = {pb.METHOD_UNSPECIFIED: DEFAULT_METHOD, pb.METHOD_TOKEN: "token", pb.METHOD_SENTENCE: "sentence",
-            pb.METHOD_CHUNK: "chunk"}
+            pb.METHOD_CHUNK: "chunk", pb.METHOD_DIGEST: "digest"}
 _REORDERS = {pb.REORDER_UNSPECIFIED: "original", pb.REORDER_ORIGINAL: "original",
              pb.REORDER_RELEVANCE: "relevance", pb.REORDER_EDGES: "edges"}
 
@@ -109,4 +109,6 @@ def to_response(result: CompressResult, request_id: str, model: str, queue_secon
         timings_ms=timings,
         request_id=request_id,
         model=model,
+        digest=[pb.DigestSentence(text=s.text, chunk_ids=s.chunk_ids) for s in result.digest],
+        digest_finish=result.digest_finish,
     )

@@ -42,6 +42,8 @@ class Settings:
     max_request_tokens: int = 65_536  # tokens of one request: chunks, separators, query, instruction
     max_separator_chars: int = 256
     default_deadline_seconds: float = 120.0  # the deadline of a Compress call that sets none; 0 = none
+    digest_max_tokens: int = 256  # tokens the model may generate for one digest, whatever its budget
+    digest_max_seconds: float = 30.0  # seconds one digest's decode may take; it keeps its whole sentences
     max_message_bytes: int = 16 * 1024 * 1024
     tls_cert: str = ""  # PEM certificate chain; with tls_key turns TLS on
     tls_key: str = ""
@@ -98,7 +100,8 @@ class Settings:
             raise ValueError(f"device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         minimum = {"max_batch": 1, "queue_depth": 0, "max_chunks": 1, "max_chunk_chars": 1, "max_query_chars": 1,
                    "max_request_tokens": 1, "max_separator_chars": 0, "max_message_bytes": 1024,
-                   "default_deadline_seconds": 0, "drain_seconds": 0, "prefix_cache_mb": 0, "threads": 0,
+                   "default_deadline_seconds": 0, "digest_max_tokens": 1, "digest_max_seconds": 0,
+                   "drain_seconds": 0, "prefix_cache_mb": 0, "threads": 0,
                    "chunk_chars": 16, "chunk_overlap": 0, "max_documents": 1, "max_document_chars": 1,
                    "max_top_k": 1, "snapshot_every": 1, "embed_batch": 1, "embedder_dim": 0}
         for name, least in minimum.items():
@@ -151,6 +154,8 @@ HELP = {
     "max_request_tokens": "tokens of one request: chunks, the separators between them, query and instruction",
     "max_separator_chars": "characters of options.separator",
     "default_deadline_seconds": "deadline of a Compress call that sets none, queue included (0 = none)",
+    "digest_max_tokens": "tokens the model may generate for one digest (METHOD_DIGEST), whatever its budget",
+    "digest_max_seconds": "seconds one digest's decode may take; past it the digest keeps its whole sentences",
     "max_message_bytes": "largest request or response message",
     "tls_cert": "PEM certificate chain (TLS on when set with --tls-key)",
     "tls_key": "PEM private key",

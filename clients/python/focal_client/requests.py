@@ -9,7 +9,7 @@ from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
 
 # "" leaves the choice to the server (its default method, sentence).
 METHODS = {"": pb.METHOD_UNSPECIFIED, "token": pb.METHOD_TOKEN, "sentence": pb.METHOD_SENTENCE,
-           "chunk": pb.METHOD_CHUNK}
+           "chunk": pb.METHOD_CHUNK, "digest": pb.METHOD_DIGEST}
 REORDERS = {"original": pb.REORDER_ORIGINAL, "relevance": pb.REORDER_RELEVANCE, "edges": pb.REORDER_EDGES}
 
 ChunkLike = tuple[str, str] | tuple[str, str, float] | pb.Chunk

@@ -48,6 +48,9 @@ class FocalSettings:
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}; choose one of {', '.join(map(repr, OUTPUTS))}")
+        if self.method == "digest" and self.output == "documents":
+            raise ValueError("the digest method writes new text that belongs to no single document: "
+                             "use output='prompt'")
 
     def client(self) -> FocalClient:
         return FocalClient(self.target, token=self.token, root_ca=self.root_ca, client_cert=self.client_cert,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$focal/compressor/v1/compressor.proto\x12\x13\x66ocal.compressor.v1\"\xac\x01\n\x05\x43hunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\x05score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12:\n\x08metadata\x18\x04 \x03(\x0b\x32(.focal.compressor.v1.Chunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_score\"\xbd\x01\n\x07Options\x12\x14\n\x0c\x66orce_tokens\x18\x01 \x03(\t\x12-\n\x07reorder\x18\x02 \x01(\x0e\x32\x1c.focal.compressor.v1.Reorder\x12\x13\n\x0binstruction\x18\x03 \x01(\t\x12\x16\n\tseparator\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1d\n\x10include_question\x18\x05 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_separatorB\x13\n\x11_include_question\"\xb0\x03\n\x0f\x43ompressRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12*\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1a.focal.compressor.v1.Chunk\x12\x0e\n\x04rate\x18\x03 \x01(\x02H\x00\x12\x17\n\rtarget_tokens\x18\x04 \x01(\rH\x00\x12\x37\n\x08\x61\x64\x61ptive\x18\n \x01(\x0b\x32#.focal.compressor.v1.AdaptiveBudgetH\x00\x12+\n\x06method\x18\x05 \x01(\x0e\x32\x1b.focal.compressor.v1.Method\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.focal.compressor.v1.Options\x12\x16\n\x0eretrieve_top_k\x18\x07 \x01(\r\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12@\n\x06\x66ilter\x18\t \x03(\x0b\x32\x30.focal.compressor.v1.CompressRequest.FilterEntry\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x62udget\"$\n\x0e\x41\x64\x61ptiveBudget\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\"\x91\x01\n\x0b\x43hunkResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tkept_text\x18\x02 \x01(\t\x12\x17\n\x0foriginal_tokens\x18\x03 \x01(\r\x12\x13\n\x0bkept_tokens\x18\x04 \x01(\r\x12\x11\n\trelevance\x18\x05 \x01(\x02\x12\x0c\n\x04rank\x18\x06 \x01(\r\x12\x14\n\x0c\x64uplicate_of\x18\x07 \x01(\t\"x\n\x05Usage\x12\x17\n\x0foriginal_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompressed_tokens\x18\x02 \x01(\r\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x15\n\rtarget_tokens\x18\x04 \x01(\r\x12\r\n\x05ratio\x18\x05 \x01(\x02\"\x9e\x02\n\x10\x43ompressResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x30\n\x06\x63hunks\x18\x02 \x03(\x0b\x32 .focal.compressor.v1.ChunkResult\x12)\n\x05usage\x18\x03 \x01(\x0b\x32\x1a.focal.compressor.v1.Usage\x12H\n\ntimings_ms\x18\x04 \x03(\x0b\x32\x34.focal.compressor.v1.CompressResponse.TimingsMsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x94\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12=\n\x08metadata\x18\x03 \x03(\x0b\x32+.focal.compressor.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\rUpsertRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x30\n\tdocuments\x18\x02 \x03(\x0b\x32\x1d.focal.compressor.v1.Document\"3\n\x0eUpsertResponse\x12\x11\n\tdocuments\x18\x01 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\"/\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"\xaf\x01\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12>\n\x06\x66ilter\x18\x04 \x03(\x0b\x32..focal.compressor.v1.SearchRequest.FilterEntry\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x01\n\x03Hit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x38\n\x08metadata\x18\x05 \x03(\x0b\x32&.focal.compressor.v1.Hit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0eSearchResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.focal.compressor.v1.Hit\"\x0e\n\x0cStatsRequest\"`\n\x0eNamespaceStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x10\n\x08\x65mbedder\x18\x05 \x01(\t\"\x81\x01\n\rStatsResponse\x12\x37\n\nnamespaces\x18\x01 \x03(\x0b\x32#.focal.compressor.v1.NamespaceStats\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x12\n\nindex_type\x18\x03 \x01(\t\x12\x11\n\tlog_bytes\x18\x04 \x01(\x04*Y\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x10\n\x0cMETHOD_TOKEN\x10\x01\x12\x13\n\x0fMETHOD_SENTENCE\x10\x02\x12\x10\n\x0cMETHOD_CHUNK\x10\x03*b\n\x07Reorder\x12\x17\n\x13REORDER_UNSPECIFIED\x10\x00\x12\x14\n\x10REORDER_ORIGINAL\x10\x01\x12\x15\n\x11REORDER_RELEVANCE\x10\x02\x12\x11\n\rREORDER_EDGES\x10\x03\x32\x65\n\nCompressor\x12W\n\x08\x43ompress\x12$.focal.compressor.v1.CompressRequest\x1a%.focal.compressor.v1.CompressResponse2\xd0\x02\n\x05Index\x12Q\n\x06Upsert\x12\".focal.compressor.v1.UpsertRequest\x1a#.focal.compressor.v1.UpsertResponse\x12Q\n\x06\x44\x65lete\x12\".focal.compressor.v1.DeleteRequest\x1a#.focal.compressor.v1.DeleteResponse\x12Q\n\x06Search\x12\".focal.compressor.v1.SearchRequest\x1a#.focal.compressor.v1.SearchResponse\x12N\n\x05Stats\x12!.focal.compressor.v1.StatsRequest\x1a\".focal.compressor.v1.StatsResponseBK\n\x17\x64\x65v.focal.compressor.v1P\x01Z.focal.dev/gen/focal/compressor/v1;compressorv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$focal/compressor/v1/compressor.proto\x12\x13\x66ocal.compressor.v1\"\xac\x01\n\x05\x43hunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\x05score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12:\n\x08metadata\x18\x04 \x03(\x0b\x32(.focal.compressor.v1.Chunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_score\"\xbd\x01\n\x07Options\x12\x14\n\x0c\x66orce_tokens\x18\x01 \x03(\t\x12-\n\x07reorder\x18\x02 \x01(\x0e\x32\x1c.focal.compressor.v1.Reorder\x12\x13\n\x0binstruction\x18\x03 \x01(\t\x12\x16\n\tseparator\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1d\n\x10include_question\x18\x05 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_separatorB\x13\n\x11_include_question\"\xb0\x03\n\x0f\x43ompressRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12*\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1a.focal.compressor.v1.Chunk\x12\x0e\n\x04rate\x18\x03 \x01(\x02H\x00\x12\x17\n\rtarget_tokens\x18\x04 \x01(\rH\x00\x12\x37\n\x08\x61\x64\x61ptive\x18\n \x01(\x0b\x32#.focal.compressor.v1.AdaptiveBudgetH\x00\x12+\n\x06method\x18\x05 \x01(\x0e\x32\x1b.focal.compressor.v1.Method\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.focal.compressor.v1.Options\x12\x16\n\x0eretrieve_top_k\x18\x07 \x01(\r\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12@\n\x06\x66ilter\x18\t \x03(\x0b\x32\x30.focal.compressor.v1.CompressRequest.FilterEntry\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x62udget\"$\n\x0e\x41\x64\x61ptiveBudget\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\"\x91\x01\n\x0b\x43hunkResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tkept_text\x18\x02 \x01(\t\x12\x17\n\x0foriginal_tokens\x18\x03 \x01(\r\x12\x13\n\x0bkept_tokens\x18\x04 \x01(\r\x12\x11\n\trelevance\x18\x05 \x01(\x02\x12\x0c\n\x04rank\x18\x06 \x01(\r\x12\x14\n\x0c\x64uplicate_of\x18\x07 \x01(\t\"x\n\x05Usage\x12\x17\n\x0foriginal_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompressed_tokens\x18\x02 \x01(\r\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x15\n\rtarget_tokens\x18\x04 \x01(\r\x12\r\n\x05ratio\x18\x05 \x01(\x02\"\xea\x02\n\x10\x43ompressResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x30\n\x06\x63hunks\x18\x02 \x03(\x0b\x32 .focal.compressor.v1.ChunkResult\x12)\n\x05usage\x18\x03 \x01(\x0b\x32\x1a.focal.compressor.v1.Usage\x12H\n\ntimings_ms\x18\x04 \x03(\x0b\x32\x34.focal.compressor.v1.CompressResponse.TimingsMsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x33\n\x06\x64igest\x18\x07 \x03(\x0b\x32#.focal.compressor.v1.DigestSentence\x12\x15\n\rdigest_finish\x18\x08 \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"1\n\x0e\x44igestSentence\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tchunk_ids\x18\x02 \x03(\t\"\x94\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12=\n\x08metadata\x18\x03 \x03(\x0b\x32+.focal.compressor.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\rUpsertRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x30\n\tdocuments\x18\x02 \x03(\x0b\x32\x1d.focal.compressor.v1.Document\"3\n\x0eUpsertResponse\x12\x11\n\tdocuments\x18\x01 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\"/\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"\xaf\x01\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12>\n\x06\x66ilter\x18\x04 \x03(\x0b\x32..focal.compressor.v1.SearchRequest.FilterEntry\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x01\n\x03Hit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x38\n\x08metadata\x18\x05 \x03(\x0b\x32&.focal.compressor.v1.Hit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0eSearchResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.focal.compressor.v1.Hit\"\x0e\n\x0cStatsRequest\"`\n\x0eNamespaceStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x10\n\x08\x65mbedder\x18\x05 \x01(\t\"\x81\x01\n\rStatsResponse\x12\x37\n\nnamespaces\x18\x01 \x03(\x0b\x32#.focal.compressor.v1.NamespaceStats\x12\x10\n\x08\x65mbedder\x18\x02 \x01(\t\x12\x12\n\nindex_type\x18\x03 \x01(\t\x12\x11\n\tlog_bytes\x18\x04 \x01(\x04*l\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x10\n\x0cMETHOD_TOKEN\x10\x01\x12\x13\n\x0fMETHOD_SENTENCE\x10\x02\x12\x10\n\x0cMETHOD_CHUNK\x10\x03\x12\x11\n\rMETHOD_DIGEST\x10\x04*b\n\x07Reorder\x12\x17\n\x13REORDER_UNSPECIFIED\x10\x00\x12\x14\n\x10REORDER_ORIGINAL\x10\x01\x12\x15\n\x11REORDER_RELEVANCE\x10\x02\x12\x11\n\rREORDER_EDGES\x10\x03\x32\x65\n\nCompressor\x12W\n\x08\x43ompress\x12$.focal.compressor.v1.CompressRequest\x1a%.focal.compressor.v1.CompressResponse2\xd0\x02\n\x05Index\x12Q\n\x06Upsert\x12\".focal.compressor.v1.UpsertRequest\x1a#.focal.compressor.v1.UpsertResponse\x12Q\n\x06\x44\x65lete\x12\".focal.compressor.v1.DeleteRequest\x1a#.focal.compressor.v1.DeleteResponse\x12Q\n\x06Search\x12\".focal.compressor.v1.SearchRequest\x1a#.focal.compressor.v1.SearchResponse\x12N\n\x05Stats\x12!.focal.compressor.v1.StatsRequest\x1a\".focal.compressor.v1.StatsResponseBK\n\x17\x64\x65v.focal.compressor.v1P\x01Z.focal.dev/gen/focal/compressor/v1;compressorv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,10 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_options = b'8\001'
   _globals['_HIT_METADATAENTRY']._loaded_options = None
   _globals['_HIT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_METHOD']._serialized_start=2496
-  _globals['_METHOD']._serialized_end=2585
-  _globals['_REORDER']._serialized_start=2587
-  _globals['_REORDER']._serialized_end=2685
+  _globals['_METHOD']._serialized_start=2623
+  _globals['_METHOD']._serialized_end=2731
+  _globals['_REORDER']._serialized_start=2733
+  _globals['_REORDER']._serialized_end=2831
   _globals['_CHUNK']._serialized_start=62
   _globals['_CHUNK']._serialized_end=234
   _globals['_CHUNK_METADATAENTRY']._serialized_start=177
@@ -65,39 +65,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_start=1049
   _globals['_USAGE']._serialized_end=1169
   _globals['_COMPRESSRESPONSE']._serialized_start=1172
-  _globals['_COMPRESSRESPONSE']._serialized_end=1458
-  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_start=1410
-  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_end=1458
-  _globals['_DOCUMENT']._serialized_start=1461
-  _globals['_DOCUMENT']._serialized_end=1609
+  _globals['_COMPRESSRESPONSE']._serialized_end=1534
+  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_start=1486
+  _globals['_COMPRESSRESPONSE_TIMINGSMSENTRY']._serialized_end=1534
+  _globals['_DIGESTSENTENCE']._serialized_start=1536
+  _globals['_DIGESTSENTENCE']._serialized_end=1585
+  _globals['_DOCUMENT']._serialized_start=1588
+  _globals['_DOCUMENT']._serialized_end=1736
   _globals['_DOCUMENT_METADATAENTRY']._serialized_start=177
   _globals['_DOCUMENT_METADATAENTRY']._serialized_end=224
-  _globals['_UPSERTREQUEST']._serialized_start=1611
-  _globals['_UPSERTREQUEST']._serialized_end=1695
-  _globals['_UPSERTRESPONSE']._serialized_start=1697
-  _globals['_UPSERTRESPONSE']._serialized_end=1748
-  _globals['_DELETEREQUEST']._serialized_start=1750
-  _globals['_DELETEREQUEST']._serialized_end=1797
-  _globals['_DELETERESPONSE']._serialized_start=1799
-  _globals['_DELETERESPONSE']._serialized_end=1832
-  _globals['_SEARCHREQUEST']._serialized_start=1835
-  _globals['_SEARCHREQUEST']._serialized_end=2010
+  _globals['_UPSERTREQUEST']._serialized_start=1738
+  _globals['_UPSERTREQUEST']._serialized_end=1822
+  _globals['_UPSERTRESPONSE']._serialized_start=1824
+  _globals['_UPSERTRESPONSE']._serialized_end=1875
+  _globals['_DELETEREQUEST']._serialized_start=1877
+  _globals['_DELETEREQUEST']._serialized_end=1924
+  _globals['_DELETERESPONSE']._serialized_start=1926
+  _globals['_DELETERESPONSE']._serialized_end=1959
+  _globals['_SEARCHREQUEST']._serialized_start=1962
+  _globals['_SEARCHREQUEST']._serialized_end=2137
   _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_start=806
   _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_end=851
-  _globals['_HIT']._serialized_start=2013
-  _globals['_HIT']._serialized_end=2190
+  _globals['_HIT']._serialized_start=2140
+  _globals['_HIT']._serialized_end=2317
   _globals['_HIT_METADATAENTRY']._serialized_start=177
   _globals['_HIT_METADATAENTRY']._serialized_end=224
-  _globals['_SEARCHRESPONSE']._serialized_start=2192
-  _globals['_SEARCHRESPONSE']._serialized_end=2248
-  _globals['_STATSREQUEST']._serialized_start=2250
-  _globals['_STATSREQUEST']._serialized_end=2264
-  _globals['_NAMESPACESTATS']._serialized_start=2266
-  _globals['_NAMESPACESTATS']._serialized_end=2362
-  _globals['_STATSRESPONSE']._serialized_start=2365
-  _globals['_STATSRESPONSE']._serialized_end=2494
-  _globals['_COMPRESSOR']._serialized_start=2687
-  _globals['_COMPRESSOR']._serialized_end=2788
-  _globals['_INDEX']._serialized_start=2791
-  _globals['_INDEX']._serialized_end=3127
+  _globals['_SEARCHRESPONSE']._serialized_start=2319
+  _globals['_SEARCHRESPONSE']._serialized_end=2375
+  _globals['_STATSREQUEST']._serialized_start=2377
+  _globals['_STATSREQUEST']._serialized_end=2391
+  _globals['_NAMESPACESTATS']._serialized_start=2393
+  _globals['_NAMESPACESTATS']._serialized_end=2489
+  _globals['_STATSRESPONSE']._serialized_start=2492
+  _globals['_STATSRESPONSE']._serialized_end=2621
+  _globals['_COMPRESSOR']._serialized_start=2833
+  _globals['_COMPRESSOR']._serialized_end=2934
+  _globals['_INDEX']._serialized_start=2937
+  _globals['_INDEX']._serialized_end=3273
 # @@protoc_insertion_point(module_scope)

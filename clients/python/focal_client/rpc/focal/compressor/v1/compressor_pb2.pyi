@@ -13,6 +13,7 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_TOKEN: _ClassVar[Method]
     METHOD_SENTENCE: _ClassVar[Method]
     METHOD_CHUNK: _ClassVar[Method]
+    METHOD_DIGEST: _ClassVar[Method]
 
 class Reorder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +25,7 @@ METHOD_UNSPECIFIED: Method
 METHOD_TOKEN: Method
 METHOD_SENTENCE: Method
 METHOD_CHUNK: Method
+METHOD_DIGEST: Method
 REORDER_UNSPECIFIED: Reorder
 REORDER_ORIGINAL: Reorder
 REORDER_RELEVANCE: Reorder
@@ -132,7 +134,7 @@ class Usage(_message.Message):
     def __init__(self, original_tokens: _Optional[int] = ..., compressed_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., target_tokens: _Optional[int] = ..., ratio: _Optional[float] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
-    __slots__ = ("prompt", "chunks", "usage", "timings_ms", "request_id", "model")
+    __slots__ = ("prompt", "chunks", "usage", "timings_ms", "request_id", "model", "digest", "digest_finish")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,13 +148,25 @@ class CompressResponse(_message.Message):
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FINISH_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkResult]
     usage: Usage
     timings_ms: _containers.ScalarMap[str, float]
     request_id: str
     model: str
-    def __init__(self, prompt: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    digest: _containers.RepeatedCompositeFieldContainer[DigestSentence]
+    digest_finish: str
+    def __init__(self, prompt: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., digest: _Optional[_Iterable[_Union[DigestSentence, _Mapping]]] = ..., digest_finish: _Optional[str] = ...) -> None: ...
+
+class DigestSentence(_message.Message):
+    __slots__ = ("text", "chunk_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    chunk_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., chunk_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Document(_message.Message):
     __slots__ = ("id", "text", "metadata")
