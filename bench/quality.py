@@ -48,7 +48,7 @@ from engine.device import preferred_dtype
 
 DEFAULT_DATA = {"nq": NQ_DEV, "code": CODE_DEV}
 TUNING_QUESTIONS = 50  # questions 1-50 of the shared dev sets tune Focal; 51-100 are reported
-ALL_METHODS = ("focal_token", "focal_sentence", "focal_chunk", "llmlingua", "longllmlingua",
+ALL_METHODS = ("focal_token", "focal_sentence", "focal_chunk", "focal_digest", "llmlingua", "longllmlingua",
                "truncate", "random", "embed_sentences")
 DEFAULT_ALIAS = "focal_default"
 ADAPTIVE = "focal_adaptive"
