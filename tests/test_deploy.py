@@ -42,7 +42,7 @@ def pod_of(manifests: list[dict]) -> dict:
 
 
 def test_value_sets_cover_the_deployments_we_support() -> None:
-    assert {"cpu", "gpu", "tls-auth", "autoscaling", "ingress"} <= set(VALUE_SETS)
+    assert {"cpu", "gpu", "tls-auth", "autoscaling", "ingress", "milvus"} <= set(VALUE_SETS)
 
 
 def test_lint_is_clean() -> None:
@@ -131,6 +131,23 @@ def test_autoscaling_ingress_and_network_policy() -> None:
     assert "Ingress" not in by_kind(render({}))
 
 
+def test_milvus_retrieval_runs_a_stateless_autoscaled_deployment() -> None:
+    kinds = by_kind(render(VALUE_SETS["milvus"]))
+    assert "StatefulSet" not in kinds and kinds["HorizontalPodAutoscaler"][0]["spec"]["scaleTargetRef"]["kind"] == (
+        "Deployment")
+    pod = kinds["Deployment"][0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FOCAL_RETRIEVAL_BACKEND"] == "milvus" and "FOCAL_DATA_DIR" not in env
+    assert env["FOCAL_MILVUS_URI"] == "http://milvus.milvus.svc.cluster.local:19530"
+    assert env["FOCAL_MILVUS_TOKEN_FILE"] == "/etc/focal/milvus/token"
+    assert {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {
+        "milvus": "milvus-credentials"}
+    assert all(m["name"] != "data" for m in container["volumeMounts"])
+    egress = kinds["NetworkPolicy"][0]["spec"]["egress"]
+    assert {"ports": [{"port": 19530, "protocol": "TCP"}]} in egress
+
+
 def test_config_file_holds_real_server_settings(tmp_path: Path) -> None:
     for values in [{}, *VALUE_SETS.values()]:
         config = by_kind(render(values))["ConfigMap"][0]["data"]["focal.toml"]
@@ -145,6 +162,8 @@ def test_config_file_holds_real_server_settings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("values,message", [
     ({"autoscaling": {"enabled": True}, "retrieval": {"enabled": True}}, "each replica owns its own index"),
+    ({"retrieval": {"enabled": True, "backend": "milvus"}}, "needs retrieval.milvus.uri"),
+    ({"retrieval": {"enabled": True, "backend": "qdrant"}}, 'retrieval.backend "qdrant" is not one of'),
     ({"tls": {"enabled": True}}, "tls.enabled needs tls.secretName"),
     ({"auth": {"enabled": True}}, "auth.enabled needs auth.existingSecret"),
     ({"model": {"source": "pvc", "file": "m.gguf"}}, "model.source pvc needs model.pvc.claimName"),

@@ -61,7 +61,7 @@ class _Local:
         self.store = open_store(settings.store_config())
 
     def upsert(self, namespace, batch):
-        from compressor.retrieval.store import Document
+        from compressor.retrieval.contract import Document
 
         return self.store.upsert(namespace, [Document(*d) for d in batch])
 

@@ -22,3 +22,7 @@ class EmbedderMismatch(Exception):
 
 class IndexCorrupt(Exception):
     """The data directory cannot be opened as it is; the message says what the operator can do."""
+
+
+class BackendUnavailable(Exception):
+    """The retrieval database could not be reached or refused the call (UNAVAILABLE: a retry may work)."""

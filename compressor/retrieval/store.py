@@ -19,52 +19,30 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from compressor.embedding import Embedder
-from compressor.retrieval.chunker import Chunking, chunk_text
-from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
+from compressor.retrieval.chunker import Chunking
+from compressor.retrieval.contract import (
+    Document,
+    Hit,
+    Limits,
+    check_embedder,
+    check_ids,
+    check_search,
+    checked_namespace,
+    chunked_documents,
+)
+from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, NamespaceNotFound
 from compressor.retrieval.vectors import IndexSpec, VectorIndex
 from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan, verify
 
 log = logging.getLogger("focal")
-
-NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-DEFAULT_NAMESPACE = "default"
-
-
-@dataclass
-class Document:
-    id: str
-    text: str
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Hit:
-    document_id: str
-    chunk: int  # ordinal of the chunk within its document
-    text: str
-    score: float  # cosine similarity
-    metadata: dict[str, str]
-
-    @property
-    def id(self) -> str:
-        return f"{self.document_id}#{self.chunk}"
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_documents: int = 1000  # per Upsert
-    max_document_chars: int = 1_000_000
-    max_top_k: int = 1000
-
 
 @dataclass
 class _Entry:
@@ -285,46 +263,15 @@ class IndexStore:
 
     # ---- operations ----------------------------------------------------------------------------
 
-    def _check_namespace(self, name: str) -> str:
-        name = name or DEFAULT_NAMESPACE
-        if not NAMESPACE.fullmatch(name):
-            raise IndexInputError("namespace", f"{name!r} is not a valid name (1-64 letters, digits, '_', '.', '-', "
-                                               "starting with a letter or digit)")
-        return name
-
     def _check_embedder(self, namespace: Namespace) -> None:
-        if self.embedder is None:
-            raise EmbedderMismatch("this index was opened without an embedder")
-        if namespace.dim != self.embedder.dim or namespace.embedder != self.embedder.name:
-            raise EmbedderMismatch(
-                f"namespace {namespace.name!r} was indexed with {namespace.embedder} ({namespace.dim}-dim vectors); "
-                f"this server embeds with {self.embedder.name} ({self.embedder.dim}-dim): its vectors cannot be "
-                "compared. Re-index the documents into a new namespace or data directory, or configure the "
-                "original embedder")
+        check_embedder(namespace.name, namespace.embedder, namespace.dim,
+                       self.embedder.name if self.embedder else None, self.embedder.dim if self.embedder else 0)
 
     def upsert(self, namespace: str, documents: list[Document], progress: bool = False) -> tuple[int, int]:
         """Chunk, embed and store ``documents`` (replacing any with the same id). Returns
         (documents, chunks) written. Durable when it returns."""
-        name = self._check_namespace(namespace)
-        if not documents:
-            raise IndexInputError("documents", "at least one document is required")
-        if len(documents) > self.limits.max_documents:
-            raise IndexInputError("documents", f"{len(documents)} documents exceed the limit of "
-                                               f"{self.limits.max_documents} per request")
-        seen: set[str] = set()
-        chunked: list[list[str]] = []
-        for index, doc in enumerate(documents):
-            if not doc.id:
-                raise IndexInputError(f"documents[{index}].id", "is empty")
-            if doc.id in seen:
-                raise IndexInputError(f"documents[{index}].id", f"duplicate document id {doc.id!r} in one request")
-            seen.add(doc.id)
-            if not doc.text.strip():
-                raise IndexInputError(f"documents[{index}].text", "is empty")
-            if len(doc.text) > self.limits.max_document_chars:
-                raise IndexInputError(f"documents[{index}].text", f"{len(doc.text)} characters exceed the limit of "
-                                                                  f"{self.limits.max_document_chars}")
-            chunked.append(chunk_text(doc.text, self.chunking))
+        name = checked_namespace(namespace)
+        chunked = chunked_documents(documents, self.limits, self.chunking)
         with self._lock:
             if name in self.namespaces:
                 self._check_embedder(self.namespaces[name])
@@ -341,9 +288,8 @@ class IndexStore:
 
     def delete(self, namespace: str, ids: list[str]) -> int:
         """Delete documents by id; returns how many existed. Durable when it returns."""
-        name = self._check_namespace(namespace)
-        if not ids:
-            raise IndexInputError("ids", "at least one document id is required")
+        name = checked_namespace(namespace)
+        check_ids(ids)
         with self._lock:
             space = self._get(name)
             present = [i for i in dict.fromkeys(ids) if i in space.documents]
@@ -357,11 +303,8 @@ class IndexStore:
         return self.namespaces[name]
 
     def search(self, namespace: str, query: str, top_k: int, where: dict[str, str] | None = None) -> list[Hit]:
-        name = self._check_namespace(namespace)
-        if not query.strip():
-            raise IndexInputError("query", "is empty")
-        if not 1 <= top_k <= self.limits.max_top_k:
-            raise IndexInputError("top_k", f"must be in 1..{self.limits.max_top_k}, got {top_k}")
+        name = checked_namespace(namespace)
+        check_search(query, top_k, self.limits)
         with self._lock:
             self._check_embedder(self._get(name))
         vector = self.embedder.embed([query])

@@ -43,7 +43,7 @@ class IndexHandlers:
         return record
 
     def _upsert(self, message: pb.UpsertRequest) -> pb.UpsertResponse:
-        from compressor.retrieval.store import Document
+        from compressor.retrieval.contract import Document
 
         documents = [Document(d.id, d.text, dict(d.metadata)) for d in message.documents]
         count, chunks = self.store.upsert(message.namespace, documents)

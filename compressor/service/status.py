@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 
 from compressor.compression.request import CompressionInputError
-from compressor.retrieval.errors import EmbedderMismatch, IndexInputError, NamespaceNotFound
+from compressor.retrieval.errors import BackendUnavailable, EmbedderMismatch, IndexInputError, NamespaceNotFound
 from compressor.service.scheduler import Draining, QueueFull, WouldMissDeadline
 
 
@@ -48,6 +48,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (WouldMissDeadline, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Draining, grpc.StatusCode.UNAVAILABLE),
+    (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 

@@ -53,8 +53,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.auth.enabled (not .Values.auth.existingSecret) (not .Values.auth.token) }}
 {{- fail "auth.enabled needs auth.existingSecret (preferred) or auth.token" }}
 {{- end }}
-{{- if and .Values.autoscaling.enabled .Values.retrieval.enabled }}
-{{- fail "autoscaling with retrieval.enabled: each replica owns its own index, so a replica added by the autoscaler would start empty; scale retrieval replicas by hand and load each (see the chart README)" }}
+{{- if not (has .Values.retrieval.backend (list "faiss" "milvus")) }}
+{{- fail (printf "retrieval.backend %q is not one of faiss, milvus" .Values.retrieval.backend) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (include "focal.ownsIndex" .) }}
+{{- fail "autoscaling with retrieval.enabled and the faiss backend: each replica owns its own index, so a replica added by the autoscaler would start empty; use retrieval.backend milvus, or scale retrieval replicas by hand and load each (see the chart README)" }}
+{{- end }}
+{{- if and .Values.retrieval.enabled (eq .Values.retrieval.backend "milvus") (not .Values.retrieval.milvus.uri) }}
+{{- fail "retrieval.backend milvus needs retrieval.milvus.uri (http(s)://host:port of Milvus)" }}
 {{- end }}
 {{- if not (has .Values.model.source (list "image" "pvc" "hostPath" "initContainer")) }}
 {{- fail (printf "model.source %q is not one of image, pvc, hostPath, initContainer" .Values.model.source) }}
@@ -74,4 +80,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not (has .Values.server.indexType (list "flat" "ivf" "hnsw")) }}
 {{- fail (printf "server.indexType %q is not one of flat, ivf, hnsw" .Values.server.indexType) }}
 {{- end }}
+{{- end }}
+
+{{/*
+"true" when every replica owns an embedded index (retrieval on with the faiss backend): the
+workload is then a StatefulSet with a volume per replica; "" otherwise.
+*/}}
+{{- define "focal.ownsIndex" -}}
+{{- if and .Values.retrieval.enabled (eq .Values.retrieval.backend "faiss") }}true{{- end }}
+{{- end }}
+
+{{- define "focal.milvus" -}}
+{{- if and .Values.retrieval.enabled (eq .Values.retrieval.backend "milvus") }}true{{- end }}
 {{- end }}
