@@ -120,11 +120,11 @@ def test_a_deadline_the_queue_cannot_meet_is_refused_at_once(engine):
     try:
         with server.client(retry=NO_RETRIES) as client:
             client.compress("q", slow_chunks(8), rate=0.5, timeout=120)  # the server measures its speed
-            busy = client.stub.Compress.future(message(slow_chunks(20)), timeout=120)
+            busy = client.stub.Compress.future(message(slow_chunks(60)), timeout=120)
             time.sleep(0.3)
             started = time.monotonic()
-            with pytest.raises(grpc.RpcError) as caught:  # at least its own 20 chunks' work: seconds
-                client.compress("q", slow_chunks(20), rate=0.5, timeout=1.0)
+            with pytest.raises(grpc.RpcError) as caught:  # at least its own 60 chunks' work: seconds
+                client.compress("q", slow_chunks(60), rate=0.5, timeout=1.0)
             assert time.monotonic() - started < 0.5
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "expected wait" in caught.value.details()
@@ -194,7 +194,7 @@ def test_a_failed_batch_is_retried_one_by_one_logged_and_counted(engine, caplog)
     server = Running(engine, max_batch=2, queue_depth=4, max_query_chars=100_000, max_request_tokens=100_000)
     try:
         with server.client() as client:
-            busy = client.stub.Compress.future(message(slow_chunks(10)), timeout=120)
+            busy = client.stub.Compress.future(message(slow_chunks(40)), timeout=120)
             time.sleep(0.3)
             good = client.stub.Compress.future(message(CHUNKS[:2]), timeout=120)
             bad = client.stub.Compress.future(

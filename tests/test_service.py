@@ -33,13 +33,14 @@ from engine import Engine
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = json.loads((ROOT / "examples" / "sample_request.jsonl").read_text())
 CHUNKS = [(c["title"], f"{c['title']}\n{c['text']}") for c in SAMPLE["chunks"]]
-PARAGRAPH = ("Release trains leave every Tuesday. Each train carries the merged changes of the week, "
-             "and its manifest lists owners, risks and rollback steps for every service touched. ")
+PARAGRAPH = ("Release train {i}.{k} leaves on Tuesday. Train {i}.{k} carries the merged changes of week {k}, "
+             "and its manifest lists owners, risks and rollback steps for service {i}. ")
 
 
 def slow_chunks(count: int = 120) -> list[tuple[str, str]]:
-    """Enough text that one request keeps the engine busy for a few seconds."""
-    return [(f"s{i}", f"Note {i}. " + PARAGRAPH * 3) for i in range(count)]
+    """Enough text that one request keeps the engine busy for a few seconds. Every sentence is
+    distinct: the compressor embeds a repeated sentence once, which would make the work cheap."""
+    return [(f"s{i}", f"Note {i}. " + "".join(PARAGRAPH.format(i=i, k=k) for k in range(3))) for i in range(count)]
 
 
 class Running:
