@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
                                         adaptive=request.adaptive, reorder=options.reorder,
                                         instruction=options.instruction, force_tokens=options.force_tokens,
                                         separator=options.separator, retrieve_top_k=args.retrieve_top_k,
-                                        namespace=args.namespace)
+                                        namespace=args.namespace, budget_tokenizer=args.budget_tokenizer)
             except FocalError as error:
                 print(f"focal call: {error.code().name}: {error.details()}", file=sys.stderr)
                 return 1
@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(reply.prompt)
             usage = reply.usage
-            print(f"tokens {usage.original_tokens} -> {usage.compressed_tokens} ({usage.ratio:.1f}x fewer), "
+            print(f"{usage.tokenizer} tokens {usage.original_tokens} -> {usage.compressed_tokens} "
+                  f"({usage.ratio:.1f}x fewer), "
                   f"{reply.timings_ms['total']:.0f} ms on the server, request {reply.request_id}", file=sys.stderr)
     return 0
 
@@ -67,4 +68,7 @@ def add_parser(commands) -> None:
     call.add_argument("--retrieve-top-k", type=int, default=0,
                       help="send only the question: the server retrieves this many chunks from its index")
     call.add_argument("--namespace", default="", help="index namespace for --retrieve-top-k")
+    call.add_argument("--budget-tokenizer", default="",
+                      help="count the budget and usage in this tokenizer's tokens (a name the server loads with "
+                           "its tokenizers setting, e.g. your downstream model's)")
     call.set_defaults(run=run)

@@ -65,23 +65,27 @@ def digest_prompt(engine: Engine, question: str, evidence: list[str], budget: in
 
 
 def write_digest(engine: Engine, question: str, evidence: list[tuple[str, str]], budget: int,
-                 limits: DigestLimits, interrupt: StopCheck | None = None) -> Digest:
-    """A digest of ``evidence`` ((chunk id, text) pairs) for ``question`` within ``budget`` tokens.
-    ``interrupt`` is asked before every forward (the request's cancellation and deadline)."""
-    prompt = digest_prompt(engine, question, [text for _, text in evidence], budget)
+                 limits: DigestLimits, count: Callable[[str], int] | None = None, model_budget: int | None = None,
+                 interrupt: StopCheck | None = None) -> Digest:
+    """A digest of ``evidence`` ((chunk id, text) pairs) for ``question`` within ``budget`` tokens as
+    ``count`` counts them (default: the model's tokens; ``model_budget`` is then the budget in the
+    model's tokens). ``interrupt`` is asked before every forward (the request's cancellation and
+    deadline)."""
+    model_budget = budget if model_budget is None else model_budget
+    prompt = digest_prompt(engine, question, [text for _, text in evidence], model_budget)
     room = engine.context_length - len(engine.encode(prompt))
     if room < 1:
         raise CompressionInputError("chunks", f"the digest's evidence and instruction fill the model's context "
                                               f"of {engine.context_length} tokens")
-    generation = engine.generate(prompt, max_new_tokens=min(limits.max_tokens, budget + 16, room),
+    generation = engine.generate(prompt, max_new_tokens=min(limits.max_tokens, model_budget + 16, room),
                                  drafter=PromptLookup(), draft_tokens=limits.draft_tokens, interrupt=interrupt,
                                  time_limit=limits.max_seconds)
     sentences = attributed(generation.text, evidence)
 
-    def count(text: str) -> int:
+    def model_count(text: str) -> int:
         return len(engine.encode(text)) if text else 0
 
-    return Digest(fit(sentences, budget, count), generation.finish_reason, len(generation.token_ids),
+    return Digest(fit(sentences, budget, count or model_count), generation.finish_reason, len(generation.token_ids),
                   generation.speculation.accepted if generation.speculation else 0)
 
 

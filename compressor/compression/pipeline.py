@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from compressor.compression import budget, relevance
 from compressor.compression.digest import DigestLimits, write_digest
 from compressor.compression.relevance import ChunkSentences, TextEmbedder
-from compressor.compression.request import ChunkResult, CompressRequest, CompressResult
+from compressor.compression.request import ChunkResult, CompressionInputError, CompressRequest, CompressResult
 from compressor.compression.scoring import ChunkTokens, SignalScorer
 from compressor.compression.units import (
     ScoredUnit,
@@ -94,7 +94,9 @@ class _Staged:
     texts: list[str]
     tokens: list[ChunkTokens]
     original: int
-    target: int
+    target: int  # in the counted tokens (the request's budget tokenizer, or the model's)
+    selection: int  # the target in the model's tokens, what selection counts units in
+    count: Callable[[str], int]  # tokens of a text, in the budget's tokenizer
     duplicate_of: dict[int, int]
     unique: list[int]
     started: float
@@ -107,9 +109,13 @@ class _Staged:
 
 class Compressor:
     def __init__(self, engine: Engine, embedder: TextEmbedder | None = None, tuning: Tuning | None = None,
-                 digest_limits: DigestLimits | None = None) -> None:
-        """``embedder``: the sentence embedder (default: all-MiniLM-L6-v2, loaded once per process)."""
+                 digest_limits: DigestLimits | None = None,
+                 tokenizers: Mapping[str, Callable[[str], int]] | None = None) -> None:
+        """``embedder``: the sentence embedder (default: all-MiniLM-L6-v2, loaded once per process).
+        ``tokenizers``: token counters a request may name for its budget and usage (a downstream
+        model's tokenizer), by name."""
         self.engine = engine
+        self.tokenizers = dict(tokenizers or {})
         self.embedder = embedder if embedder is not None else default_embedder()
         self.scorer = SignalScorer(engine)
         self.tuning = tuning or Tuning()
@@ -117,6 +123,14 @@ class Compressor:
 
     def count(self, text: str) -> int:
         return len(self.engine.encode(text)) if text else 0
+
+    def _counter(self, name: str) -> Callable[[str], int]:
+        if not name:
+            return self.count
+        if name not in self.tokenizers:
+            known = ", ".join(sorted(self.tokenizers)) or "none (see the tokenizers setting)"
+            raise CompressionInputError("budget_tokenizer", f"unknown tokenizer {name!r}; this server has: {known}")
+        return self.tokenizers[name]
 
     def compress(self, request: CompressRequest) -> CompressResult:
         return self.compress_many([request])[0]
@@ -180,14 +194,19 @@ class Compressor:
         clock = time.perf_counter()
         texts = [c.text for c in request.chunks]
         tokens = self.scorer.tokenize(texts)
-        original = self.count(request.options.separator.join(t.strip() for t in texts if t.strip()))
+        count = self._counter(request.budget_tokenizer)
+        joined = request.options.separator.join(t.strip() for t in texts if t.strip())
+        original = count(joined)
         if request.rate is not None:
             target = int(request.rate * original)
         else:  # an absolute budget, the adaptive budget's ceiling, or none (keep everything)
             target = min(request.target_tokens or original, original)
+        # Selection counts units in the model's tokens: the budget converted at this context's exchange
+        # rate; the final trim (``_fit``) then counts in the budget's own tokens, exactly.
+        selection = target if count is self.count else int(target * self.count(joined) / max(original, 1))
         duplicate_of = self._duplicates(request)
         unique = [i for i in range(len(texts)) if i not in duplicate_of]
-        job = _Staged(request, texts, tokens, original, target, duplicate_of, unique, clock)
+        job = _Staged(request, texts, tokens, original, target, selection, count, duplicate_of, unique, clock)
         job.timings["tokenize"] = time.perf_counter() - clock
         return job
 
@@ -203,12 +222,12 @@ class Compressor:
         started = time.perf_counter()
         if request.method == "chunk" or (target >= job.original and not request.adaptive):
             allotment = (self._adaptive_chunks(job, order) if request.adaptive
-                         else budget.whole_chunks(order, sizes, target))
+                         else budget.whole_chunks(order, sizes, job.selection))
             chosen = {i: texts[i].strip() for i in allotment}
         elif request.method == "sentence" and request.query:
             threshold = self.tuning.adaptive_threshold if request.adaptive else None
             units = self._sentence_units(job)
-            kept = choose_sentences(units, target, threshold)
+            kept = choose_sentences(units, job.selection, threshold)
             units = {i: units[i] for i in kept}
             chosen = {i: render(texts[i], units[i], kept[i]) for i in kept}
         else:
@@ -217,7 +236,7 @@ class Compressor:
                 return None
         context_order = self._order(options.reorder, [i for i in order if chosen.get(i)])
         rank_of = {index: rank for rank, index in enumerate(order)}
-        context = self._fit(context_order, rank_of, chosen, units, kept, texts, target, options.separator)
+        context = self._fit(context_order, rank_of, chosen, units, kept, texts, target, options.separator, job.count)
         job.timings["select"] = time.perf_counter() - started
         kept_texts = {i: chosen.get(i, "") for i in context_order}
         return self._result(job, order, kept_texts, context)
@@ -233,15 +252,17 @@ class Compressor:
             dup = job.duplicate_of.get(index)
             owner = dup if dup is not None else index
             kept_text = kept_texts.get(index, "")
+            original = len(job.tokens[index].ids) if job.count is self.count else job.count(job.texts[index])
             results.append(ChunkResult(
-                id=chunk.id, kept_text=kept_text, original_tokens=len(job.tokens[index].ids),
-                kept_tokens=self.count(kept_text), relevance=job.scores[owner], rank=rank_of.get(owner, len(order)),
+                id=chunk.id, kept_text=kept_text, original_tokens=original, kept_tokens=job.count(kept_text),
+                relevance=job.scores[owner], rank=rank_of.get(owner, len(order)),
                 duplicate_of=request.chunks[dup].id if dup is not None else None))
         prompt = self._prompt(context, request)
         job.timings["total"] = time.perf_counter() - job.started
         return CompressResult(prompt=prompt, chunks=results, original_tokens=job.original,
-                              compressed_tokens=self.count(context), prompt_tokens=self.count(prompt),
-                              target_tokens=job.target, method=request.method, timings=job.timings, **digest)
+                              compressed_tokens=job.count(context), prompt_tokens=job.count(prompt),
+                              target_tokens=job.target, method=request.method, timings=job.timings,
+                              tokenizer=request.budget_tokenizer or "model", **digest)
 
     def _digest(self, job: _Staged, order: list[int],
                 alive: Callable[[CompressRequest], bool]) -> CompressResult | None:
@@ -251,7 +272,8 @@ class Compressor:
         request, limits = job.request, self.digest_limits
         started = time.perf_counter()
         room = self.engine.context_length - limits.max_tokens - self.count(request.query) - DIGEST_PROMPT_TOKENS
-        evidence_budget = max(1, min(job.original, int(limits.evidence_factor * job.target), room))
+        model_original = sum(len(t.ids) for t in job.tokens)
+        evidence_budget = max(1, min(model_original, int(limits.evidence_factor * job.selection), room))
         units = self._sentence_units(job)
         kept = choose_sentences(units, evidence_budget, None)
         evidence = [(request.chunks[i].id or str(i), render(job.texts[i], units[i], kept[i])) for i in sorted(kept)]
@@ -261,8 +283,8 @@ class Compressor:
             return self._result(job, order, {}, "", digest_finish="empty")
         started = time.perf_counter()
         try:
-            digest = write_digest(self.engine, request.query, evidence, job.target, limits,
-                                  interrupt=lambda: not alive(request))
+            digest = write_digest(self.engine, request.query, evidence, job.target, limits, job.count,
+                                  job.selection, interrupt=lambda: not alive(request))
         except Interrupted:
             return None
         job.timings["digest"] = time.perf_counter() - started
@@ -277,18 +299,18 @@ class Compressor:
         units = self._sentence_units(job)
         relevant = [i for i in order if units[i] and max(u.importance for u in units[i])
                     >= self.tuning.adaptive_threshold]
-        return budget.whole_chunks(relevant, [len(t.ids) for t in job.tokens], job.target)
+        return budget.whole_chunks(relevant, [len(t.ids) for t in job.tokens], job.selection)
 
     def _within_chunks(self, job: _Staged, order: list[int], sizes: list[int], units: dict[int, list[ScoredUnit]],
                        kept: dict[int, list[int]], alive: Callable[[CompressRequest], bool]) -> dict[int, str] | None:
         """The token method (and sentence selection without a question): allotments by rank, then
         each cut chunk keeps its most informative units by the model's fine pass. Fills ``units``
         and ``kept``; None when the request was abandoned during the pass."""
-        request, texts, tokens, target = job.request, job.texts, job.tokens, job.target
-        if target >= job.original:
-            allotment = budget.whole_chunks(order, sizes, target)
+        request, texts, tokens = job.request, job.texts, job.tokens
+        if job.target >= job.original:
+            allotment = budget.whole_chunks(order, sizes, job.selection)
         else:
-            allotment = budget.allocate(order, sizes, target, self.tuning.density, self.tuning.steepness)
+            allotment = budget.allocate(order, sizes, job.selection, self.tuning.density, self.tuning.steepness)
         partial = [i for i, n in allotment.items() if n < sizes[i]]
         started = time.perf_counter()
         try:
@@ -331,12 +353,13 @@ class Compressor:
 
     def _fit(self, order: list[int], rank_of: dict[int, int], chosen: dict[int, str],
              units: dict[int, list[ScoredUnit]],
-             kept: dict[int, list[int]], texts: list[str], target: int, separator: str) -> str:
+             kept: dict[int, list[int]], texts: list[str], target: int, separator: str,
+             count: Callable[[str], int]) -> str:
         """Join the chosen texts; while the real token count exceeds the target, drop the least
         important unit (or, when only whole chunks are left, the worst-ranked chunk)."""
         while True:
             context = separator.join(chosen[i] for i in order if chosen[i])
-            if self.count(context) <= target or not order:
+            if count(context) <= target or not order:
                 return context
             droppable = [(units[i][u].importance, i, u) for i in order if i in units for u in kept[i]
                          if not units[i][u].forced]

@@ -43,6 +43,7 @@ class CompressRequest:
     method: str = DEFAULT_METHOD
     adaptive: bool = False  # no rate: keep what is relevant to the query and drop the rest
     options: CompressOptions = field(default_factory=CompressOptions)
+    budget_tokenizer: str = ""  # count the budget and usage in this named tokenizer's tokens ("" = the model's)
 
     def validate(self) -> None:
         if not isinstance(self.query, str):
@@ -108,6 +109,7 @@ class CompressResult:
     target_tokens: int
     method: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    tokenizer: str = "model"  # what every count here is in: the request's budget tokenizer, or the model's
     digest: list[DigestSentence] = field(default_factory=list)  # the digest method's sentences
     # How its decode ended: "eos", "length" (token limit), "time" (time limit), or "empty" (no evidence
     # or no budget: nothing was generated).

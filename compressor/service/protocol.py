@@ -91,6 +91,7 @@ def to_request(message: pb.CompressRequest, limits: Settings) -> CompressRequest
             separator=options.separator if options.HasField("separator") else "\n\n",
             include_question=options.include_question if options.HasField("include_question") else True,
         ),
+        budget_tokenizer=message.budget_tokenizer,
     )
     request.validate()
     return request
@@ -104,8 +105,9 @@ def to_response(result: CompressResult, request_id: str, model: str, queue_secon
         chunks=[pb.ChunkResult(id=c.id, kept_text=c.kept_text, original_tokens=c.original_tokens,
                                kept_tokens=c.kept_tokens, relevance=c.relevance, rank=c.rank,
                                duplicate_of=c.duplicate_of or "") for c in result.chunks],
-        usage=pb.Usage(original_tokens=result.original_tokens, compressed_tokens=result.compressed_tokens,
-                       prompt_tokens=result.prompt_tokens, target_tokens=result.target_tokens, ratio=result.ratio),
+        usage=pb.Usage(tokenizer=result.tokenizer, original_tokens=result.original_tokens,
+                       compressed_tokens=result.compressed_tokens, prompt_tokens=result.prompt_tokens,
+                       target_tokens=result.target_tokens, ratio=result.ratio),
         timings_ms=timings,
         request_id=request_id,
         model=model,

@@ -19,6 +19,7 @@ from focal_client.rpc.focal.compressor.v1 import compressor_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from compressor.compression.counting import token_counters
 from compressor.compression.digest import DigestLimits
 from compressor.compression.pipeline import Compressor
 from compressor.service.auth import BearerAuth
@@ -88,7 +89,8 @@ class FocalServer:
         if self.engine.compile_stats is not None:
             self.metrics.record_compile(self.engine.compile_stats)
         compressor = Compressor(self.engine, digest_limits=DigestLimits(
-            max_tokens=settings.digest_max_tokens, max_seconds=settings.digest_max_seconds))
+            max_tokens=settings.digest_max_tokens, max_seconds=settings.digest_max_seconds),
+            tokenizers=token_counters(settings.named_tokenizers()))
         # Tokens per expert per sparse layer (MoE models), published with each batch.
         self.routing = self.engine.model.track_routing() if self.engine.config.num_sparse_layers else None
         self.scheduler = Scheduler(compressor, settings.max_batch, settings.queue_depth, Hooks(

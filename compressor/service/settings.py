@@ -44,6 +44,8 @@ class Settings:
     default_deadline_seconds: float = 120.0  # the deadline of a Compress call that sets none; 0 = none
     digest_max_tokens: int = 256  # tokens the model may generate for one digest, whatever its budget
     digest_max_seconds: float = 30.0  # seconds one digest's decode may take; it keeps its whole sentences
+    # Tokenizers a request may name for its budget and usage (a downstream model's): "name=path/tokenizer.json,..."
+    tokenizers: str = ""
     max_message_bytes: int = 16 * 1024 * 1024
     tls_cert: str = ""  # PEM certificate chain; with tls_key turns TLS on
     tls_key: str = ""
@@ -130,6 +132,27 @@ class Settings:
             raise ValueError("milvus_uri: set retrieval_backend to milvus to use it")
         self.token()
         self.milvus_token()
+        from compressor.compression.counting import token_counters
+
+        try:
+            token_counters(self.named_tokenizers())  # each file is read once here, so a bad one stops the start
+        except ValueError as exc:
+            raise ValueError(f"tokenizers: {exc}") from None
+
+    def named_tokenizers(self) -> dict[str, Path]:
+        """``tokenizers`` parsed: name -> tokenizer.json file, each checked to exist."""
+        named: dict[str, Path] = {}
+        for entry in filter(None, (part.strip() for part in self.tokenizers.split(","))):
+            name, _, path = entry.partition("=")
+            name, path = name.strip(), path.strip()
+            if not _TOKENIZER_NAME.fullmatch(name) or not path:
+                raise ValueError(f"{entry!r} is not name=path (a name of letters, digits, '_', '.', '-')")
+            if name in named:
+                raise ValueError(f"{name!r} is given twice")
+            if not Path(path).is_file():
+                raise ValueError(f"{path} (for {name!r}) is not a file")
+            named[name] = Path(path)
+        return named
 
     @property
     def retrieval_on(self) -> bool:
@@ -194,6 +217,7 @@ HELP = {
     "default_deadline_seconds": "deadline of a Compress call that sets none, queue included (0 = none)",
     "digest_max_tokens": "tokens the model may generate for one digest (METHOD_DIGEST), whatever its budget",
     "digest_max_seconds": "seconds one digest's decode may take; past it the digest keeps its whole sentences",
+    "tokenizers": "tokenizers a request may count its budget in: name=tokenizer.json,... (the downstream model)",
     "max_message_bytes": "largest request or response message",
     "tls_cert": "PEM certificate chain (TLS on when set with --tls-key)",
     "tls_key": "PEM private key",
@@ -229,6 +253,7 @@ HELP = {
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_TOKENIZER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _env_name(name: str) -> str:

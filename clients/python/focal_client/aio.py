@@ -41,12 +41,13 @@ class AsyncFocalClient:
                        instruction: str = "", force_tokens: Iterable[str] = (), timeout: float | None = None,
                        retrieve_top_k: int = 0, namespace: str = "", filter: Mapping[str, str] | None = None,
                        adaptive: bool = False, include_question: bool | None = None,
-                       separator: str | None = None) -> pb.CompressResponse:
+                       separator: str | None = None, budget_tokenizer: str = "") -> pb.CompressResponse:
         """See ``FocalClient.compress``."""
         request = requests.compress_request(
             query, chunks, rate=rate, target_tokens=target_tokens, adaptive=adaptive, method=method,
             reorder=reorder, instruction=instruction, force_tokens=force_tokens, include_question=include_question,
-            separator=separator, retrieve_top_k=retrieve_top_k, namespace=namespace, filter=filter)
+            separator=separator, retrieve_top_k=retrieve_top_k, namespace=namespace, filter=filter,
+            budget_tokenizer=budget_tokenizer)
         return await self._call(self.stub.Compress, request, timeout)
 
     async def upsert(self, documents: Iterable[requests.DocumentLike], namespace: str = "",

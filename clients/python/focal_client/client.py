@@ -45,15 +45,18 @@ class FocalClient:
                  instruction: str = "", force_tokens: Iterable[str] = (), timeout: float | None = None,
                  retrieve_top_k: int = 0, namespace: str = "", filter: Mapping[str, str] | None = None,
                  adaptive: bool = False, include_question: bool | None = None,
-                 separator: str | None = None) -> pb.CompressResponse:
+                 separator: str | None = None, budget_tokenizer: str = "") -> pb.CompressResponse:
         """``chunks``: ``(id, text)``, ``(id, text, retriever score)`` or ``Chunk``. Budget: ``rate``
         (fraction kept), ``target_tokens``, or ``adaptive`` (keep what is relevant; ``target_tokens``
         is then its ceiling); none keeps everything. ``method`` "" is the server's default
-        (sentence); ``include_question``/``separator`` ``None`` are the server's defaults."""
+        (sentence); ``include_question``/``separator`` ``None`` are the server's defaults.
+        ``budget_tokenizer``: count the budget and ``usage`` in the tokens of this tokenizer (a name
+        the server loads, e.g. your downstream model's); "" = the server model's tokens."""
         request = requests.compress_request(
             query, chunks, rate=rate, target_tokens=target_tokens, adaptive=adaptive, method=method,
             reorder=reorder, instruction=instruction, force_tokens=force_tokens, include_question=include_question,
-            separator=separator, retrieve_top_k=retrieve_top_k, namespace=namespace, filter=filter)
+            separator=separator, retrieve_top_k=retrieve_top_k, namespace=namespace, filter=filter,
+            budget_tokenizer=budget_tokenizer)
         return self._call(self.stub.Compress, request, timeout)
 
     def upsert(self, documents: Iterable[requests.DocumentLike], namespace: str = "",

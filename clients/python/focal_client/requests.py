@@ -38,7 +38,7 @@ def chunk(value: ChunkLike) -> pb.Chunk:
 def compress_request(query: str, chunks: Iterable[ChunkLike], *, rate: float | None, target_tokens: int | None,
                      adaptive: bool, method: str, reorder: str, instruction: str, force_tokens: Iterable[str],
                      include_question: bool | None, separator: str | None, retrieve_top_k: int, namespace: str,
-                     filter: Mapping[str, str] | None) -> pb.CompressRequest:
+                     filter: Mapping[str, str] | None, budget_tokenizer: str = "") -> pb.CompressRequest:
     """Every field of ``CompressRequest``. One budget at most: ``rate``, ``target_tokens``, or
     ``adaptive`` (with ``target_tokens`` as its ceiling); none keeps everything."""
     if rate is not None and target_tokens is not None and not adaptive:
@@ -53,7 +53,8 @@ def compress_request(query: str, chunks: Iterable[ChunkLike], *, rate: float | N
         options.include_question = include_question
     message = pb.CompressRequest(query=query, chunks=[chunk(c) for c in chunks],
                                  method=choice("method", method, METHODS), options=options,
-                                 retrieve_top_k=retrieve_top_k, namespace=namespace, filter=dict(filter or {}))
+                                 retrieve_top_k=retrieve_top_k, namespace=namespace, filter=dict(filter or {}),
+                                 budget_tokenizer=budget_tokenizer)
     if adaptive:
         message.adaptive.max_tokens = target_tokens or 0
     elif rate is not None:

@@ -44,6 +44,7 @@ class FocalSettings:
     include_question: bool = False
     force_tokens: list[str] = field(default_factory=list)
     output: str = "documents"
+    budget_tokenizer: str = ""  # count the budget in this tokenizer's tokens (a name the server loads)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -68,7 +69,8 @@ class FocalSettings:
             budget = {"rate": 0.5}
         return {"query": query, "chunks": [(str(i), text) for i, text in enumerate(texts)], "method": self.method,
                 "reorder": self.reorder, "instruction": self.instruction, "include_question": self.include_question,
-                "force_tokens": self.force_tokens, "adaptive": self.adaptive, **budget}
+                "force_tokens": self.force_tokens, "adaptive": self.adaptive,
+                "budget_tokenizer": self.budget_tokenizer, **budget}
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class Options(_message.Message):
     def __init__(self, force_tokens: _Optional[_Iterable[str]] = ..., reorder: _Optional[_Union[Reorder, str]] = ..., instruction: _Optional[str] = ..., separator: _Optional[str] = ..., include_question: _Optional[bool] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("query", "chunks", "rate", "target_tokens", "adaptive", "method", "options", "retrieve_top_k", "namespace", "filter")
+    __slots__ = ("query", "chunks", "rate", "target_tokens", "adaptive", "method", "options", "retrieve_top_k", "namespace", "filter", "budget_tokenizer")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class CompressRequest(_message.Message):
     RETRIEVE_TOP_K_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     query: str
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
     rate: float
@@ -93,7 +94,8 @@ class CompressRequest(_message.Message):
     retrieve_top_k: int
     namespace: str
     filter: _containers.ScalarMap[str, str]
-    def __init__(self, query: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., adaptive: _Optional[_Union[AdaptiveBudget, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., retrieve_top_k: _Optional[int] = ..., namespace: _Optional[str] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    budget_tokenizer: str
+    def __init__(self, query: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., rate: _Optional[float] = ..., target_tokens: _Optional[int] = ..., adaptive: _Optional[_Union[AdaptiveBudget, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., retrieve_top_k: _Optional[int] = ..., namespace: _Optional[str] = ..., filter: _Optional[_Mapping[str, str]] = ..., budget_tokenizer: _Optional[str] = ...) -> None: ...
 
 class AdaptiveBudget(_message.Message):
     __slots__ = ("max_tokens",)
@@ -120,18 +122,20 @@ class ChunkResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kept_text: _Optional[str] = ..., original_tokens: _Optional[int] = ..., kept_tokens: _Optional[int] = ..., relevance: _Optional[float] = ..., rank: _Optional[int] = ..., duplicate_of: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("original_tokens", "compressed_tokens", "prompt_tokens", "target_tokens", "ratio")
+    __slots__ = ("tokenizer", "original_tokens", "compressed_tokens", "prompt_tokens", "target_tokens", "ratio")
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RATIO_FIELD_NUMBER: _ClassVar[int]
+    tokenizer: str
     original_tokens: int
     compressed_tokens: int
     prompt_tokens: int
     target_tokens: int
     ratio: float
-    def __init__(self, original_tokens: _Optional[int] = ..., compressed_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., target_tokens: _Optional[int] = ..., ratio: _Optional[float] = ...) -> None: ...
+    def __init__(self, tokenizer: _Optional[str] = ..., original_tokens: _Optional[int] = ..., compressed_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., target_tokens: _Optional[int] = ..., ratio: _Optional[float] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
     __slots__ = ("prompt", "chunks", "usage", "timings_ms", "request_id", "model", "digest", "digest_finish")
