@@ -94,11 +94,9 @@ class Sampling:
         return probs / probs.sum()
 
     def pick(self, logits: torch.Tensor, generator: torch.Generator, exclude: int | None = None) -> int:
-        """The next token; ``exclude`` (a rejected draft) is removed from the distribution first."""
+        """The next token; ``exclude`` (a rejected draft) is removed from the distribution first.
+        Greedy needs no removal: a draft is rejected only when it is not the argmax."""
         if self.greedy:
-            if exclude is not None:
-                logits = logits.clone()
-                logits[exclude] = float("-inf")
             return int(logits.argmax())
         probs = self.distribution(logits)
         if exclude is not None:

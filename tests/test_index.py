@@ -1,5 +1,7 @@
-"""The retrieval index on a real data directory: chunking, upsert/search/delete, filters, namespaces,
-restart, FAISS index types, the write-ahead log's torn tail, damaged files and an embedder change."""
+"""The embedded retrieval index on a real data directory: chunking, its internals on replace,
+restart, FAISS index types, the write-ahead log's torn tail and damaged files. The behaviour both
+backends share (upsert/search/filter/delete, namespaces, bad input, an embedder change) is tested
+on both in ``test_retrieval_backends.py``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from compressor.embedding import Embedder
 from compressor.retrieval.chunker import Chunking, chunk_text
-from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, IndexInputError, NamespaceNotFound
+from compressor.retrieval.errors import IndexCorrupt
 from compressor.retrieval.store import Document, IndexStore, rebuild
 from compressor.retrieval.vectors import IndexSpec, VectorIndex
 from compressor.retrieval.wal import LogCorrupt, WriteAheadLog, scan
@@ -59,19 +61,6 @@ def test_chunks_cut_overlong_units_and_overlap() -> None:
     assert chunk_text("  \n\n ") == []
 
 
-def test_upsert_search_filter_delete(store: IndexStore) -> None:
-    assert store.upsert("wiki", RIVERS) == (4, 4)
-    hits = store.search("wiki", "Which river flows through Paris?", 2)
-    assert hits[0].document_id == "seine" and hits[0].score > hits[1].score
-    assert hits[0].metadata == {"lang": "en", "kind": "river"} and hits[0].id == "seine#0"
-    german = store.search("wiki", "Which river flows through Paris?", 3, {"lang": "de"})
-    assert [h.document_id for h in german] == ["tiber"]
-    assert store.search("wiki", "river", 3, {"lang": "en", "kind": "mountain"})[0].document_id == "alps"
-    assert store.search("wiki", "river", 3, {"lang": "fr"}) == []
-    assert store.delete("wiki", ["seine", "nonexistent"]) == 1
-    assert "seine" not in [h.document_id for h in store.search("wiki", "Which river flows through Paris?", 4)]
-
-
 def test_upsert_replaces_a_document_with_the_same_id(store: IndexStore) -> None:
     store.upsert("wiki", RIVERS)
     store.upsert("wiki", [Document("seine", "The Seine is a river in France. " * 80, {"lang": "fr"})])
@@ -79,36 +68,6 @@ def test_upsert_replaces_a_document_with_the_same_id(store: IndexStore) -> None:
     assert len(space.documents) == 4 and len(space.vectors) == len(space.chunks)
     assert len(space.documents["seine"].chunk_ids) > 1
     assert store.search("wiki", "river", 10, {"lang": "en", "kind": "river"})[0].document_id == "danube"
-
-
-def test_namespaces_are_separate(store: IndexStore) -> None:
-    store.upsert("a", RIVERS[:1])
-    store.upsert("b", RIVERS[3:])
-    assert [h.document_id for h in store.search("a", "mountain", 5)] == ["seine"]
-    assert [h.document_id for h in store.search("b", "river", 5)] == ["alps"]
-    with pytest.raises(NamespaceNotFound, match="'c' does not exist"):
-        store.search("c", "river", 5)
-    with pytest.raises(NamespaceNotFound):
-        store.delete("c", ["seine"])
-
-
-def test_bad_input_names_the_field(store: IndexStore) -> None:
-    store.upsert("wiki", RIVERS[:1])
-    cases = [
-        (lambda: store.upsert("wiki", [Document("x", "  ")]), "documents[0].text: is empty"),
-        (lambda: store.upsert("wiki", [Document("", "text")]), "documents[0].id: is empty"),
-        (lambda: store.upsert("wiki", [Document("x", "a"), Document("x", "b")]), "documents[1].id: duplicate"),
-        (lambda: store.upsert("wiki", [Document("x", "a" * 1_000_001)]), "exceed the limit of 1000000"),
-        (lambda: store.upsert("wiki", []), "documents: at least one"),
-        (lambda: store.upsert("bad name!", RIVERS[:1]), "namespace: 'bad name!' is not a valid name"),
-        (lambda: store.search("wiki", "", 3), "query: is empty"),
-        (lambda: store.search("wiki", "river", 0), "top_k: must be in 1..1000"),
-        (lambda: store.delete("wiki", []), "ids: at least one"),
-    ]
-    for call, message in cases:
-        with pytest.raises(IndexInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            call()
-    assert len(store.namespaces["wiki"].documents) == 1  # nothing half-written
 
 
 def test_restart_replays_the_log_and_loads_snapshots(tmp_path: Path, embedder: Embedder) -> None:
@@ -172,20 +131,6 @@ def test_damaged_snapshot_is_detected_and_rebuilt_from_the_log(tmp_path: Path, e
     manifest.write_text(manifest.read_text().replace('"seq"', '"sequence"'))
     with pytest.raises(IndexCorrupt, match=r"manifest\.json is corrupt"):
         IndexStore(tmp_path, embedder)
-
-
-def test_embedder_change_is_refused_per_namespace(tmp_path: Path, embedder: Embedder) -> None:
-    store = IndexStore(tmp_path, embedder)
-    store.upsert("wiki", RIVERS)
-    store.close()
-    smaller = IndexStore(tmp_path, Embedder(dim=128))
-    with pytest.raises(EmbedderMismatch, match=r"384-dim vectors\); this server embeds with all-MiniLM-L6-v2@128"):
-        smaller.search("wiki", "Paris", 1)
-    with pytest.raises(EmbedderMismatch):
-        smaller.upsert("wiki", RIVERS[:1])
-    assert smaller.upsert("small", RIVERS) == (4, 4)  # a new namespace takes the new embedder
-    assert smaller.search("small", "Which river flows through Paris?", 1)[0].document_id == "seine"
-    smaller.close()
 
 
 @pytest.mark.parametrize("spec", [IndexSpec("flat"), IndexSpec("ivf", nlist=8, nprobe=8), IndexSpec("hnsw", m=8)])

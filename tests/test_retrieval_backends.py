@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from test_index import RIVERS
 
 from compressor.client import FocalClient
 from compressor.embedding import Embedder
@@ -24,14 +25,6 @@ from compressor.service.settings import Settings
 from devtools.milvus_server import MilvusLite
 from devtools.ports import free_port
 from devtools.server_process import ServerProcess
-
-EN_RIVER = {"lang": "en", "kind": "river"}
-RIVERS = [
-    Document("seine", "The Seine flows through Paris and reaches the sea at Le Havre.", EN_RIVER),
-    Document("danube", "The Danube flows through Vienna, Bratislava and Budapest.", EN_RIVER),
-    Document("tiber", "Der Tiber fließt durch Rom.", {"lang": "de", "kind": "river"}),
-    Document("alps", "Mont Blanc is the highest mountain of the Alps.", {"lang": "en", "kind": "mountain"}),
-]
 
 
 @pytest.fixture(scope="module")

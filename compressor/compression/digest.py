@@ -7,7 +7,7 @@ template around an instruction that asks for a summary within the budget in word
 names and code identifiers copied exactly, and a citation of the evidence after each sentence.
 The decode is greedy and speculative with prompt lookup (a digest copies long spans of its
 evidence, which n-grams of the prompt predict), bounded in tokens and in seconds. The digest is
-then cut after the last whole sentence that fits the budget, counted with the engine's tokenizer.
+then cut after the last whole sentence that fits the budget, counted as the request counts it.
 
 Each digest sentence names the chunks it came from: those it cites (``[2]``), or, when the model
 cites nothing usable, the evidence that shares the largest part of its words (at least
@@ -48,8 +48,6 @@ class DigestLimits:
 class Digest:
     sentences: list[DigestSentence]
     finish_reason: str  # the decode's: "eos", "length" (the token limit), "time" or "stop"
-    generated_tokens: int
-    accepted_drafts: int  # drafted tokens the model accepted (each saved a forward)
 
     @property
     def text(self) -> str:
@@ -65,13 +63,11 @@ def digest_prompt(engine: Engine, question: str, evidence: list[str], budget: in
 
 
 def write_digest(engine: Engine, question: str, evidence: list[tuple[str, str]], budget: int,
-                 limits: DigestLimits, count: Callable[[str], int] | None = None, model_budget: int | None = None,
+                 limits: DigestLimits, count: Callable[[str], int], model_budget: int,
                  interrupt: StopCheck | None = None) -> Digest:
     """A digest of ``evidence`` ((chunk id, text) pairs) for ``question`` within ``budget`` tokens as
-    ``count`` counts them (default: the model's tokens; ``model_budget`` is then the budget in the
-    model's tokens). ``interrupt`` is asked before every forward (the request's cancellation and
-    deadline)."""
-    model_budget = budget if model_budget is None else model_budget
+    ``count`` counts them (``model_budget``: the same budget in the model's tokens). ``interrupt`` is
+    asked before every forward (the request's cancellation and deadline)."""
     prompt = digest_prompt(engine, question, [text for _, text in evidence], model_budget)
     room = engine.context_length - len(engine.encode(prompt))
     if room < 1:
@@ -80,13 +76,7 @@ def write_digest(engine: Engine, question: str, evidence: list[tuple[str, str]],
     generation = engine.generate(prompt, max_new_tokens=min(limits.max_tokens, model_budget + 16, room),
                                  drafter=PromptLookup(), draft_tokens=limits.draft_tokens, interrupt=interrupt,
                                  time_limit=limits.max_seconds)
-    sentences = attributed(generation.text, evidence)
-
-    def model_count(text: str) -> int:
-        return len(engine.encode(text)) if text else 0
-
-    return Digest(fit(sentences, budget, count or model_count), generation.finish_reason, len(generation.token_ids),
-                  generation.speculation.accepted if generation.speculation else 0)
+    return Digest(fit(attributed(generation.text, evidence), budget, count), generation.finish_reason)
 
 
 def attributed(text: str, evidence: list[tuple[str, str]]) -> list[DigestSentence]:

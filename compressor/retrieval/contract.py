@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from compressor.retrieval.chunker import Chunking, chunk_text
 from compressor.retrieval.errors import EmbedderMismatch, IndexInputError
+
+if TYPE_CHECKING:
+    from compressor.embedding import Embedder
 
 NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_NAMESPACE = "default"
@@ -87,14 +91,19 @@ def check_ids(ids: list[str]) -> None:
         raise IndexInputError("ids", "at least one document id is required")
 
 
-def check_embedder(namespace: str, indexed_with: str, indexed_dim: int, embedder_name: str | None,
-                   embedder_dim: int) -> None:
-    """A namespace's vectors can only be compared with vectors of the embedder that made them."""
-    if embedder_name is None:
+def require_embedder(embedder: Embedder | None) -> Embedder:
+    """The store's embedder; a store opened without one (a repair) takes no writes or searches."""
+    if embedder is None:
         raise EmbedderMismatch("this index was opened without an embedder")
-    if indexed_dim != embedder_dim or indexed_with != embedder_name:
+    return embedder
+
+
+def check_embedder(namespace: str, indexed_with: str, indexed_dim: int, embedder: Embedder | None) -> None:
+    """A namespace's vectors can only be compared with vectors of the embedder that made them."""
+    embedder = require_embedder(embedder)
+    if indexed_dim != embedder.dim or indexed_with != embedder.name:
         raise EmbedderMismatch(
             f"namespace {namespace!r} was indexed with {indexed_with} ({indexed_dim}-dim vectors); "
-            f"this server embeds with {embedder_name} ({embedder_dim}-dim): its vectors cannot be "
+            f"this server embeds with {embedder.name} ({embedder.dim}-dim): its vectors cannot be "
             "compared. Re-index the documents into a new namespace or data directory, or configure the "
             "original embedder")

@@ -27,9 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from compressor.embedding import Embedder
 from compressor.retrieval.chunker import Chunking
 from compressor.retrieval.contract import (
     Document,
@@ -40,8 +39,12 @@ from compressor.retrieval.contract import (
     check_search,
     checked_namespace,
     chunked_documents,
+    require_embedder,
 )
 from compressor.retrieval.errors import BackendUnavailable, EmbedderMismatch, IndexInputError, NamespaceNotFound
+
+if TYPE_CHECKING:
+    from compressor.embedding import Embedder
 
 log = logging.getLogger("focal")
 
@@ -152,8 +155,7 @@ class MilvusStore:
         return found
 
     def _check_embedder(self, found: _Collection) -> None:
-        check_embedder(found.namespace, found.embedder, found.dim, self.embedder.name if self.embedder else None,
-                       self.embedder.dim if self.embedder else 0)
+        check_embedder(found.namespace, found.embedder, found.dim, self.embedder)
 
     def _create(self, name: str) -> _Collection:
         from pymilvus import DataType
@@ -191,8 +193,7 @@ class MilvusStore:
         for index, doc in enumerate(documents):
             if len(doc.id.encode()) > MAX_ID_BYTES:
                 raise IndexInputError(f"documents[{index}].id", f"longer than {MAX_ID_BYTES} bytes")
-        if self.embedder is None:
-            raise EmbedderMismatch("this index was opened without an embedder")
+        embedder = require_embedder(self.embedder)
         found = self._describe(name)
         if found is not None:
             self._check_embedder(found)
@@ -201,7 +202,7 @@ class MilvusStore:
             if len(chunk.encode()) > MAX_TEXT_BYTES:
                 raise IndexInputError("documents", f"a chunk of {len(chunk.encode())} bytes exceeds Milvus's "
                                                    f"{MAX_TEXT_BYTES}: lower chunk_chars")
-        vectors = self.embedder.embed(texts, progress=progress)
+        vectors = embedder.embed(texts, progress=progress)
         found = found or self._create(name)
         rows, position = [], 0
         for doc, chunks in zip(documents, chunked):

@@ -37,8 +37,9 @@ from compressor.retrieval.contract import (
     check_search,
     checked_namespace,
     chunked_documents,
+    require_embedder,
 )
-from compressor.retrieval.errors import EmbedderMismatch, IndexCorrupt, NamespaceNotFound
+from compressor.retrieval.errors import IndexCorrupt, NamespaceNotFound
 from compressor.retrieval.vectors import IndexSpec, VectorIndex
 from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan, verify
 
@@ -264,8 +265,7 @@ class IndexStore:
     # ---- operations ----------------------------------------------------------------------------
 
     def _check_embedder(self, namespace: Namespace) -> None:
-        check_embedder(namespace.name, namespace.embedder, namespace.dim,
-                       self.embedder.name if self.embedder else None, self.embedder.dim if self.embedder else 0)
+        check_embedder(namespace.name, namespace.embedder, namespace.dim, self.embedder)
 
     def upsert(self, namespace: str, documents: list[Document], progress: bool = False) -> tuple[int, int]:
         """Chunk, embed and store ``documents`` (replacing any with the same id). Returns
@@ -275,14 +275,13 @@ class IndexStore:
         with self._lock:
             if name in self.namespaces:
                 self._check_embedder(self.namespaces[name])
-        if self.embedder is None:
-            raise EmbedderMismatch("this index was opened without an embedder")
-        vectors = self.embedder.embed([c for chunks in chunked for c in chunks], progress=progress)
+        embedder = require_embedder(self.embedder)
+        vectors = embedder.embed([c for chunks in chunked for c in chunks], progress=progress)
         docs = [{"id": d.id, "metadata": dict(d.metadata), "chunks": c} for d, c in zip(documents, chunked)]
         with self._lock:
             if name in self.namespaces:
                 self._check_embedder(self.namespaces[name])
-            self._commit({"op": "upsert", "ns": name, "dim": self.embedder.dim, "embedder": self.embedder.name,
+            self._commit({"op": "upsert", "ns": name, "dim": embedder.dim, "embedder": embedder.name,
                           "first_id": self.next_id, "docs": docs}, vectors.tobytes())
         return len(documents), len(vectors)
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compressor.retrieval.milvus import CONSISTENCY_LEVELS
+
 if TYPE_CHECKING:
     from compressor.retrieval.opening import StoreConfig
     from compressor.retrieval.vectors import IndexSpec
@@ -80,14 +82,8 @@ class Settings:
         """The bearer token clients must send ("" = auth off). A token file that is missing or empty
         is an error, never "auth off": auth fails closed."""
         if self.auth_token_file:
-            try:
-                token = Path(self.auth_token_file).read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"auth_token_file: cannot read {self.auth_token_file} ({exc.strerror})") from None
-            if not token:
-                raise ValueError(f"auth_token_file: {self.auth_token_file} is empty; a token file must hold the "
-                                 "token (leave auth_token_file unset to turn auth off)")
-            return token
+            return _secret_file("auth_token_file", self.auth_token_file,
+                                "; a token file must hold the token (leave auth_token_file unset to turn auth off)")
         if self.auth_token and not self.auth_token.strip():
             raise ValueError("auth_token: is only whitespace; give a token, or leave it empty to turn auth off")
         return self.auth_token.strip()
@@ -99,7 +95,7 @@ class Settings:
                 raise ValueError(f"{name}: {getattr(self, name)} is not a port (0-65535)")
         choices = {"log_level": _LOG_LEVELS, "dtype": _DTYPES, "quantize": ("", "int8"),
                    "index_type": ("flat", "ivf", "hnsw"), "retrieval_backend": ("faiss", "milvus"),
-                   "milvus_consistency": ("Strong", "Bounded", "Session", "Eventually")}
+                   "milvus_consistency": CONSISTENCY_LEVELS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if (value.upper() if name == "log_level" else value) not in allowed:
@@ -161,15 +157,7 @@ class Settings:
     def milvus_token(self) -> str:
         """Milvus's credentials from ``milvus_token_file`` ("" = none); a file that is missing or
         empty is an error."""
-        if not self.milvus_token_file:
-            return ""
-        try:
-            token = Path(self.milvus_token_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"milvus_token_file: cannot read {self.milvus_token_file} ({exc.strerror})") from None
-        if not token:
-            raise ValueError(f"milvus_token_file: {self.milvus_token_file} is empty")
-        return token
+        return _secret_file("milvus_token_file", self.milvus_token_file) if self.milvus_token_file else ""
 
     def index_spec(self) -> IndexSpec:
         from compressor.retrieval.vectors import IndexSpec  # faiss only where retrieval is on
@@ -254,6 +242,17 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _TOKENIZER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _secret_file(setting: str, path: str, empty_hint: str = "") -> str:
+    """The stripped content of a mounted secret; a file that cannot be read or is empty is an error."""
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path} ({exc.strerror})") from None
+    if not secret:
+        raise ValueError(f"{setting}: {path} is empty{empty_hint}")
+    return secret
 
 
 def _env_name(name: str) -> str:
