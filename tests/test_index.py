@@ -74,6 +74,7 @@ def test_restart_replays_the_log_and_loads_snapshots(tmp_path: Path, embedder: E
     store = IndexStore(tmp_path, embedder, snapshot_every=2)
     for doc in RIVERS:
         store.upsert("wiki", [doc])
+    store.settle()  # the snapshot runs in the background
     store.delete("wiki", ["alps"])
     snapshot_seq, seq = store.snapshot_seq, store.seq
     assert 0 < snapshot_seq < seq  # the last write is only in the log
@@ -117,9 +118,9 @@ def test_damaged_snapshot_is_detected_and_rebuilt_from_the_log(tmp_path: Path, e
     store = IndexStore(tmp_path, embedder)
     store.upsert("wiki", RIVERS)
     store.close()
-    index_file = next(tmp_path.glob("snap-*/ns-0000.faiss"))
-    index_file.write_bytes(index_file.read_bytes()[:-16])  # truncated
-    with pytest.raises(IndexCorrupt, match=r"ns-0000.faiss is corrupt or truncated.*focal index rebuild --data-dir"):
+    vectors_file = next(tmp_path.glob("snap-*/ns-0000.vectors"))
+    vectors_file.write_bytes(vectors_file.read_bytes()[:-16])  # truncated
+    with pytest.raises(IndexCorrupt, match=r"ns-0000.vectors is corrupt or truncated.*focal index rebuild --data-dir"):
         IndexStore(tmp_path, embedder)
     stats = rebuild(tmp_path)
     assert stats["namespaces"]["wiki"]["documents"] == 4

@@ -23,6 +23,7 @@ class StoreConfig:
     chunking: Chunking = field(default_factory=Chunking)
     limits: Limits = field(default_factory=Limits)
     snapshot_every: int = 1000
+    compact_ratio: float = 2.0
     milvus: MilvusConfig | None = None  # set: the index lives in this Milvus, and data_dir is unused
 
 
@@ -32,4 +33,5 @@ def open_store(config: StoreConfig) -> IndexStore | MilvusStore:
     embedder = Embedder(config.embedder or None, config.embedder_dim, config.embed_batch)
     if config.milvus is not None:
         return MilvusStore(config.milvus, embedder, config.chunking, config.limits)
-    return IndexStore(config.data_dir, embedder, config.spec, config.chunking, config.limits, config.snapshot_every)
+    return IndexStore(config.data_dir, embedder, config.spec, config.chunking, config.limits, config.snapshot_every,
+                      compact_ratio=config.compact_ratio)

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from compressor.retrieval.errors import IndexCorrupt
+from compressor.retrieval.snapshot import live_log_name
 from compressor.retrieval.store import IndexStore, rebuild
 from compressor.retrieval.vectors import IndexSpec
 from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, intact_end, scan
@@ -69,7 +70,7 @@ def _write_from_snapshot(store: IndexStore, later: list[Record], target: Path) -
 def repair(data_dir: str | Path, spec: IndexSpec | None = None) -> dict:
     """Repair the log of ``data_dir`` (no server may hold it) and rebuild the index from it."""
     root = Path(data_dir)
-    path = root / "wal.log"
+    path = root / live_log_name(root)
     size = path.stat().st_size if path.exists() else 0
     try:
         intact, damaged = intact_end(path), False
@@ -80,13 +81,13 @@ def repair(data_dir: str | Path, spec: IndexSpec | None = None) -> dict:
     try:
         if snapshot is not None and covered > intact:
             later, later_end = _intact_records(path, covered) if size > covered else ([], covered)
-            staging = root / "wal.log.repair"
+            staging = path.with_name(path.name + ".repair")
             staging.unlink(missing_ok=True)
             written = _write_from_snapshot(snapshot, later, staging)
             report = {"action": "log written anew from the snapshot", "records": written,
                       "records_after_snapshot": len(later), "dropped_bytes": max(size - later_end, 0)}
         elif damaged:
-            staging = root / "wal.log.repair"
+            staging = path.with_name(path.name + ".repair")
             with path.open("rb") as source, staging.open("wb") as target:
                 target.write(source.read(intact))
                 target.flush()

@@ -1,33 +1,36 @@
 """The durable document index: namespaces of chunked, embedded documents with metadata.
 
-Durability: every Upsert and Delete is one record in the write-ahead log (``wal.log``), fsynced
-before the call returns; the record carries the vectors, so replaying it needs no embedder and
-gives the same state. The FAISS indexes and the metadata are snapshotted now and then (every
-``snapshot_every`` records, and on close) into ``snap-<seq>/``, with a manifest of SHA-256 sums;
-``CURRENT`` names the live snapshot and is replaced atomically. On open: the snapshot is checked
-and loaded, then the log records after it are replayed. Upsert replaces a document with the same
-id, so a replayed or retried upsert never leaves a document twice.
+Durability: every Upsert and Delete is one record in the write-ahead log, fsynced before the call
+returns; the record carries the vectors, so replaying it needs no embedder and gives the same
+state. Snapshots (``snapshot.py``: every ``snapshot_every`` records in a background thread, and on
+close) write the indexes and metadata beside the running store, holding its lock only for short
+moments; ``CURRENT`` names the live snapshot and the log, and is replaced atomically. On open: the
+snapshot is checked and loaded, then the log records after it are replayed. Upsert replaces a
+document with the same id, so a replayed or retried upsert never leaves a document twice.
 
-A damaged snapshot is reported with its recovery (``focal index rebuild``: replay the whole log);
-the log is the source of truth and is never truncated except for a torn, unacknowledged tail.
+The log stays small: when it outgrows the live data (``compact_ratio``), it is rewritten as the
+live documents (``compaction.py``), crash-safe at every step. A damaged snapshot is reported with
+its recovery (``focal index rebuild``: replay the whole log); the log is the source of truth and
+is only ever cut at a torn, unacknowledged tail, or replaced by its compacted equal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from compressor.embedding import Embedder
 from compressor.retrieval.chunker import Chunking
+from compressor.retrieval.compaction import compacted_name, copy_tail, write_base_log
 from compressor.retrieval.contract import (
     Document,
     Hit,
@@ -40,75 +43,25 @@ from compressor.retrieval.contract import (
     require_embedder,
 )
 from compressor.retrieval.errors import IndexCorrupt, NamespaceNotFound
+from compressor.retrieval.namespace import Namespace
+from compressor.retrieval.snapshot import (
+    FORMAT,
+    Capture,
+    SnapshotDamaged,
+    capture,
+    live_log_name,
+    load_namespaces,
+    read_manifest,
+    read_pointer,
+    switch,
+)
+from compressor.retrieval.snapshot import write as write_snapshot
 from compressor.retrieval.vectors import IndexSpec, VectorIndex
 from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan, verify
 
 log = logging.getLogger("focal")
 
-@dataclass
-class _Entry:
-    metadata: dict[str, str]
-    chunk_ids: list[int]
-
-
-class Namespace:
-    def __init__(self, name: str, dim: int, embedder: str, vectors: VectorIndex) -> None:
-        self.name = name
-        self.dim = dim
-        self.embedder = embedder
-        self.vectors = vectors
-        self.documents: dict[str, _Entry] = {}
-        self.chunks: dict[int, tuple[str, int, str]] = {}  # id -> (document id, ordinal, text)
-        self.postings: dict[tuple[str, str], set[int]] = {}  # metadata (key, value) -> chunk ids
-
-    def put(self, doc_id: str, metadata: dict[str, str], ids: list[int], texts: list[str]) -> None:
-        self.documents[doc_id] = _Entry(metadata, ids)
-        for ordinal, (chunk_id, text) in enumerate(zip(ids, texts)):
-            self.chunks[chunk_id] = (doc_id, ordinal, text)
-        for pair in metadata.items():
-            self.postings.setdefault(pair, set()).update(ids)
-
-    def drop(self, doc_id: str) -> list[int]:
-        entry = self.documents.pop(doc_id, None)
-        if entry is None:
-            return []
-        for chunk_id in entry.chunk_ids:
-            del self.chunks[chunk_id]
-        for pair in entry.metadata.items():
-            self.postings[pair].difference_update(entry.chunk_ids)
-            if not self.postings[pair]:
-                del self.postings[pair]
-        return entry.chunk_ids
-
-    def allowed(self, where: dict[str, str]) -> np.ndarray:
-        """Chunk ids whose document metadata has every ``key=value`` of ``where``."""
-        sets = sorted((self.postings.get(pair, set()) for pair in where.items()), key=len)
-        ids = set.intersection(*sets) if sets else set()
-        return np.fromiter(ids, dtype=np.int64, count=len(ids))
-
-    def state(self) -> dict:
-        return {"documents": {d: [e.metadata, e.chunk_ids] for d, e in self.documents.items()},
-                "chunks": {str(c): list(v) for c, v in self.chunks.items()}}
-
-    def restore(self, state: dict) -> None:
-        texts = {int(c): v for c, v in state["chunks"].items()}
-        for doc_id, (metadata, ids) in state["documents"].items():
-            self.put(doc_id, metadata, ids, [texts[i][2] for i in ids])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+MAINTENANCE_NICENESS = 10  # the background snapshot thread's priority, below the request threads (0)
 
 
 class IndexStore:
@@ -116,11 +69,13 @@ class IndexStore:
 
     def __init__(self, data_dir: str | Path, embedder: Embedder | None = None, spec: IndexSpec | None = None,
                  chunking: Chunking | None = None, limits: Limits | None = None, snapshot_every: int = 1000,
-                 use_snapshot: bool = True, open_log: bool = True) -> None:
+                 use_snapshot: bool = True, open_log: bool = True, compact_ratio: float = 2.0) -> None:
         """Open (or create) ``data_dir``: load the snapshot (unless ``use_snapshot`` is false), verify the
         checksum of every log record it covers, replay the records after it, and open the log for
         appending. Damage anywhere is ``IndexCorrupt`` naming the repair command. ``open_log`` false
-        reads the snapshot alone, for the repair (the store then takes no writes)."""
+        reads the snapshot alone, for the repair (the store then takes no writes). After a background
+        snapshot the log is compacted when it holds more than ``compact_ratio`` times the snapshot's
+        bytes (0: never on its own; ``compact_log`` still works)."""
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.embedder = embedder
@@ -128,20 +83,30 @@ class IndexStore:
         self.chunking = chunking or Chunking()
         self.limits = limits or Limits()
         self.snapshot_every = snapshot_every
+        self.compact_ratio = compact_ratio
         self.namespaces: dict[str, Namespace] = {}
         self.seq = 0
         self.next_id = 0
         self.snapshot_seq = 0
-        self._lock = threading.RLock()
+        self.snapshot_bytes = 0
+        self.last_snapshot: dict = {}
+        self._lock = threading.RLock()  # the in-memory state and the log
+        self._maintaining = threading.Lock()  # one snapshot or compaction at a time
+        self._maintainer: threading.Thread | None = None
         self._lock_file = self._acquire()
         try:
+            try:
+                self.wal_name = live_log_name(self.root)
+            except SnapshotDamaged as exc:
+                raise self._recovery(str(exc)) from exc
             wal_start = self._load_snapshot() if use_snapshot else 0
             self.snapshot_offset = wal_start
             if not open_log:
                 return
-            covered = verify(self.root / "wal.log", wal_start)
+            self._drop_orphans()
+            covered = verify(self.root / self.wal_name, wal_start)
             self._replay(wal_start)
-            self.wal = WriteAheadLog(self.root / "wal.log", start=self._replayed_to)
+            self.wal = WriteAheadLog(self.root / self.wal_name, start=self._replayed_to)
         except LogCorrupt as exc:
             self._lock_file.close()
             raise IndexCorrupt(f"{exc}. Acknowledged writes may be damaged; nothing was changed. Run `focal index "
@@ -150,7 +115,7 @@ class IndexStore:
         except BaseException:
             self._lock_file.close()
             raise
-        log.info("index log verified", extra={"fields": {"records_covered_by_snapshot": covered,
+        log.info("index log verified", extra={"fields": {"log": self.wal_name, "records_covered_by_snapshot": covered,
                                                          "log_bytes": self.wal.end}})
         if self.wal.torn_bytes:
             log.warning("index log: cut a torn, unacknowledged tail",
@@ -179,47 +144,47 @@ class IndexStore:
                             f"with `focal index rebuild --data-dir {self.root}` (the damaged snapshot is replaced)")
 
     def _load_snapshot(self) -> int:
-        current = self.root / "CURRENT"
-        if not current.exists():
-            return 0
         try:
-            pointer = json.loads(current.read_text())
-            folder = self.root / pointer["snapshot"]
-            manifest_path = folder / "manifest.json"
-            if _sha256(manifest_path) != pointer["manifest_sha256"]:
-                raise self._recovery(f"{manifest_path} is corrupt or truncated (checksum mismatch)")
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError, KeyError) as exc:
-            raise self._recovery(f"the snapshot named by {current} cannot be read ({exc})") from exc
-        if manifest["spec"] != self.spec.describe():
-            log.warning("index settings changed since the snapshot: rebuilding from the log",
-                        extra={"fields": {"was": manifest["spec"], "now": self.spec.describe()}})
-            return 0
-        for name, entry in manifest["namespaces"].items():
-            paths = {part: folder / entry[part]["file"] for part in ("index", "meta")}
-            for part, path in paths.items():
-                if not path.exists():
-                    raise self._recovery(f"{path} is missing")
-                if path.stat().st_size != entry[part]["bytes"] or _sha256(path) != entry[part]["sha256"]:
-                    raise self._recovery(f"{path} is corrupt or truncated (size or checksum mismatch)")
-            meta = json.loads(paths["meta"].read_text())
-            try:
-                vectors = VectorIndex.from_bytes(paths["index"].read_bytes(), entry["dim"], self.spec,
-                                                 set(meta["tombstones"]))
-            except (RuntimeError, ValueError) as exc:
-                raise self._recovery(f"{paths['index']} cannot be read by FAISS ({exc})") from exc
-            namespace = Namespace(name, entry["dim"], entry["embedder"], vectors)
-            namespace.restore(meta)
-            self.namespaces[name] = namespace
+            pointer = read_pointer(self.root)
+            if pointer is None:
+                return 0
+            folder, manifest = read_manifest(self.root, pointer)
+            if manifest.get("format") != FORMAT or manifest["spec"] != self.spec.describe():
+                log.warning("the snapshot was written by another version or with other index settings: "
+                            "rebuilding from the log", extra={"fields": {"format": manifest.get("format"),
+                                                                          "was": manifest["spec"],
+                                                                          "now": self.spec.describe()}})
+                return 0
+            self.namespaces = load_namespaces(folder, manifest, self.spec)
+        except SnapshotDamaged as exc:
+            raise self._recovery(str(exc)) from exc
         self.seq = self.snapshot_seq = manifest["seq"]
         self.next_id = manifest["next_id"]
-        return manifest["wal_offset"]
+        self.snapshot_bytes = sum(f["bytes"] for entry in manifest["namespaces"].values()
+                                  for f in entry["files"].values())
+        return pointer["wal_offset"]
+
+    def _drop_orphans(self) -> None:
+        """Delete what a crash mid-snapshot or mid-compaction left behind: staging folders, and logs
+        that ``CURRENT`` does not name (a compacted log not yet switched in, or the old one after)."""
+        for staging in self.root.glob(".staging-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            if read_pointer(self.root) is None:
+                return
+        except SnapshotDamaged:
+            return
+        for path in self.root.glob("wal*.log"):
+            if path.name != self.wal_name:
+                log.info("index: deleting a log no snapshot names (left by an interrupted compaction)",
+                         extra={"fields": {"file": path.name}})
+                path.unlink()
 
     def _replay(self, start: int) -> None:
         self._replayed_to = start
         replayed = 0
-        for record in scan(self.root / "wal.log", start):
-            if record.header["seq"] > self.seq:
+        for record in scan(self.root / self.wal_name, start):
+            if record.header["seq"] > self.seq or record.header.get("base"):
                 self._apply(record)
                 replayed += 1
             self._replayed_to = record.end
@@ -247,7 +212,7 @@ class IndexStore:
                 namespace.put(doc["id"], doc["metadata"], ids, doc["chunks"])
                 next_id += len(ids)
             namespace.vectors.add(np.arange(header["first_id"], next_id, dtype=np.int64), vectors)
-            self.next_id = max(self.next_id, next_id)
+            self.next_id = max(self.next_id, next_id, header.get("next_id", 0))
         elif header["op"] == "delete":
             namespace = self.namespaces[namespace_name]
             stale = [i for doc_id in header["ids"] for i in namespace.drop(doc_id)]
@@ -260,7 +225,40 @@ class IndexStore:
         self.wal.append(header, body)
         self._apply(Record(header, body, self.wal.end))
         if self.seq - self.snapshot_seq >= self.snapshot_every:
-            self.snapshot()
+            self.maintain_in_background()
+
+    def maintain_in_background(self) -> None:
+        """Start a snapshot (then a log compaction if the log has outgrown the live data) in a background
+        thread, unless one is running; ``settle`` waits for it. The picture is taken here, in the
+        caller's thread (a write that crossed ``snapshot_every`` holds the lock already): the
+        background thread runs at a lower priority, and holding the lock there could keep the
+        request threads waiting behind it."""
+        with self._lock:
+            if self._maintainer is not None and self._maintainer.is_alive():
+                return
+            taken = self._capture()
+            self._maintainer = threading.Thread(target=self._maintain, args=(taken,), name="focal-index-maintenance",
+                                                daemon=True)
+            self._maintainer.start()
+
+    def _maintain(self, taken: tuple[Capture, float] | None) -> None:
+        # Below the threads that serve requests: on a machine with few cores the copy yields to them.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MAINTENANCE_NICENESS)
+        try:
+            if taken is not None:
+                with self._maintaining:
+                    self._write_snapshot(*taken)
+            if self.compact_ratio and self.wal.end > self.compact_ratio * max(self.snapshot_bytes, 1 << 20):
+                self.compact_log()
+        except Exception:
+            log.exception("index maintenance failed; the log still holds every write")
+
+    def settle(self) -> None:
+        """Wait for a background snapshot or compaction to finish."""
+        maintainer = self._maintainer
+        if maintainer is not None:
+            maintainer.join()
 
     # ---- operations ----------------------------------------------------------------------------
 
@@ -326,7 +324,10 @@ class IndexStore:
                 "embedder": self.embedder.name if self.embedder else "",
                 "dim": self.embedder.dim if self.embedder else 0,
                 "index": self.spec.describe(),
+                "log": self.wal_name,
                 "log_bytes": self.wal.end,
+                "snapshot_bytes": self.snapshot_bytes,
+                "last_snapshot": self.last_snapshot,
                 "seq": self.seq,
                 "snapshot_seq": self.snapshot_seq,
                 "namespaces": {
@@ -339,47 +340,77 @@ class IndexStore:
     # ---- snapshots -----------------------------------------------------------------------------
 
     def snapshot(self) -> None:
-        """Write the indexes and metadata as of now; the log keeps every record (rebuilds replay it)."""
+        """Write the indexes and metadata as of now, holding the lock only to take the picture and
+        per slice of rows; one snapshot or compaction runs at a time."""
+        with self._maintaining:
+            self._snapshot()
+
+    def _snapshot(self) -> None:
         with self._lock:
-            if self.seq == self.snapshot_seq and (self.root / "CURRENT").exists():
-                return
-            folder = self.root / f"snap-{self.seq:012d}"
-            staging = self.root / f".staging-{self.seq:012d}"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
-            entries = {}
-            for number, (name, space) in enumerate(sorted(self.namespaces.items())):
-                if space.vectors.needs_compaction():
-                    space.vectors.compact()
-                files = {"index": (f"ns-{number:04d}.faiss", space.vectors.to_bytes()),
-                         "meta": (f"ns-{number:04d}.json",
-                                  json.dumps({**space.state(), "tombstones": sorted(space.vectors.tombstones)})
-                                  .encode())}
-                entry = {"dim": space.dim, "embedder": space.embedder}
-                for part, (file_name, data) in files.items():
-                    _write_durably(staging / file_name, data)
-                    entry[part] = {"file": file_name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                entries[name] = entry
-            manifest = {"seq": self.seq, "next_id": self.next_id, "wal_offset": self.wal.end,
-                        "spec": self.spec.describe(), "namespaces": entries}
-            _write_durably(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
-            fsync_dir(staging)
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-            pointer = {"snapshot": folder.name, "manifest_sha256": _sha256(folder / "manifest.json")}
-            _write_durably(self.root / "CURRENT.tmp", json.dumps(pointer).encode())
-            (self.root / "CURRENT.tmp").replace(self.root / "CURRENT")
+            taken = self._capture()
+        if taken is not None:
+            self._write_snapshot(*taken)
+
+    def _capture(self) -> tuple[Capture, float] | None:
+        """The picture a snapshot writes, and the seconds taking it held the lock (which the caller
+        holds); None when the live snapshot is as new."""
+        started = time.perf_counter()
+        if self.seq == self.snapshot_seq and (self.root / "CURRENT").exists():
+            return None
+        for space in self.namespaces.values():
+            if space.vectors.needs_compaction():
+                space.vectors.compact()
+        return capture(self.namespaces, self.seq, self.next_id, self.wal_name, self.wal.end), \
+            time.perf_counter() - started
+
+    def _write_snapshot(self, taken: Capture, capture_seconds: float) -> None:
+        started = time.perf_counter()
+        holds = [capture_seconds]
+        write_snapshot(self.root, taken, self.spec, self._lock, holds)
+        _, manifest = read_manifest(self.root, read_pointer(self.root))
+        self.snapshot_bytes = sum(f["bytes"] for entry in manifest["namespaces"].values()
+                                  for f in entry["files"].values())
+        self.snapshot_seq = taken.seq
+        self.last_snapshot = {"seq": taken.seq, "seconds": round(time.perf_counter() - started + capture_seconds, 3),
+                              "longest_lock_hold_ms": round(max(holds) * 1000, 2),
+                              "capture_ms": round(capture_seconds * 1000, 2)}
+
+    def compact_log(self, step: Callable[[str], None] | None = None) -> None:
+        """Rewrite the log as the live documents (see ``compaction.py``). ``step`` is called after each
+        step ("written", "switched", "dropped"), for the tests that kill the process there."""
+        with self._maintaining:
+            self._snapshot()
+            pointer = read_pointer(self.root)
+            folder, manifest = read_manifest(self.root, pointer)
+            name = compacted_name(manifest["seq"])
+            if name == self.wal_name:
+                return  # compacted at this point already, nothing written since
+            path = self.root / name
+            base_end = write_base_log(path, folder, manifest)
+            if step:
+                step("written")
+            with self._lock:
+                compacted = WriteAheadLog(path, start=base_end)
+                old = self.root / self.wal_name
+                copy_tail(old, pointer["wal_offset"], self.wal.end, compacted)
+                switch(self.root, {**pointer, "wal": name, "wal_offset": base_end})
+                self.wal.close()
+                self.wal, self.wal_name = compacted, name
+                if step:
+                    step("switched")
+            old.unlink()
             fsync_dir(self.root)
-            for old in self.root.glob("snap-*"):
-                if old != folder:
-                    shutil.rmtree(old, ignore_errors=True)
-            self.snapshot_seq = self.seq
+            log.info("index log compacted", extra={"fields": {"log": name, "log_bytes": compacted.end}})
+            if step:
+                step("dropped")
 
     def close(self, snapshot: bool = True) -> None:
+        """Wait for background maintenance, take a last snapshot (unless told not to), release the directory."""
+        self.settle()
+        if snapshot and hasattr(self, "wal"):
+            self.snapshot()
         with self._lock:
             if hasattr(self, "wal"):
-                if snapshot:
-                    self.snapshot()
                 self.wal.close()
             self._lock_file.close()
 

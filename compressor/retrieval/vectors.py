@@ -4,8 +4,12 @@
 - ``ivf``: inverted lists (``nlist`` centroids, ``nprobe`` searched). Until the collection holds
   ``TRAIN_PER_LIST * nlist`` vectors it stays exact (k-means on fewer points is noise), then it is
   trained on everything it holds.
-- ``hnsw``: graph search (``m`` links, ``ef_construction``, ``ef_search``). HNSW cannot delete: a
-  deleted id is a tombstone that searches skip, and ``compact()`` rebuilds without them.
+- ``hnsw``: graph search (``m`` links, ``ef_construction``, ``ef_search``).
+
+A deleted id is a tombstone that searches skip (HNSW cannot delete at all; a flat index would move
+every later row on each delete), and ``compact()`` rebuilds without them. A trained IVF deletes
+from its lists. So until compaction a flat index only grows at its end: a snapshot can copy its
+rows a slice at a time (``rows``) without holding the store's lock for the whole copy.
 
 Exact search of a few queries runs as one BLAS matrix product over FAISS's own vector storage:
 FAISS's flat search parallelises over queries, so a single query would use one core only.
@@ -51,6 +55,16 @@ def _exact(dim: int) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
+def stored_rows(index: faiss.Index, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the ids and vectors at rows ``start``..``stop`` of a flat ``IndexIDMap2`` (an
+    append-only ``VectorIndex``'s ``index``)."""
+    flat = faiss.downcast_index(index.index)
+    count, dim = flat.ntotal, flat.d
+    stored = faiss.rev_swig_ptr(flat.get_xb(), count * dim).reshape(count, dim)
+    ids = faiss.rev_swig_ptr(index.id_map.data(), count)
+    return ids[start:stop].astype(np.int64), stored[start:stop].copy()
+
+
 class VectorIndex:
     def __init__(self, dim: int, spec: IndexSpec, index: faiss.Index | None = None,
                  tombstones: set[int] | None = None) -> None:
@@ -58,6 +72,7 @@ class VectorIndex:
         self.spec = spec
         self.tombstones = tombstones or set()
         self.index = index if index is not None else self._empty()
+        self._dead_positions: np.ndarray | None = None  # flat storage rows of the tombstones, when sorted
 
     def _empty(self) -> faiss.Index:
         if self.spec.kind == "hnsw":
@@ -98,34 +113,52 @@ class VectorIndex:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
         ivf.add_with_ids(vectors, ids)
         self.index = ivf
+        self.tombstones = set()
+        self._dead_positions = None
 
     def remove(self, ids: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        if self.spec.kind == "hnsw":
-            self.tombstones.update(int(i) for i in ids)
-        else:
+        if self.trained_ivf:
             ids = np.ascontiguousarray(ids, dtype=np.int64)  # IVF's hashtable removes by an ID array only
             self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
+        else:
+            self.tombstones.update(int(i) for i in ids)
+            self._dead_positions = None
 
     def needs_compaction(self) -> bool:
         return len(self.tombstones) > max(1000, self.index.ntotal // 5)
 
     def compact(self) -> None:
-        """Rebuild without tombstones (HNSW)."""
+        """Rebuild without tombstones."""
         ids, vectors = self._all()
         self.tombstones = set()
+        self._dead_positions = None
         self.index = self._empty()
         self.add(ids, vectors)
+
+    @property
+    def append_only(self) -> bool:
+        """Whether rows only ever join at the end (flat storage, tombstones for deletes) until ``compact``."""
+        return self.spec.kind != "hnsw" and not self.trained_ivf
+
+    @classmethod
+    def from_rows(cls, dim: int, spec: IndexSpec, ids: np.ndarray, vectors: np.ndarray,
+                  tombstones: set[int]) -> VectorIndex:
+        """An append-only index holding ``vectors`` under ``ids`` in this order, with ``tombstones``."""
+        made = cls(dim, spec, _exact(dim), tombstones)
+        made.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+        return made
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids, ``(len(queries), k)`` each, best first; missing hits have id -1."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
             return self._search_exact(queries, k, allowed)
-        if allowed is None and not self.tombstones and self.spec.kind != "hnsw" and not self.trained_ivf \
-                and len(queries) < SMALL_BATCH:
-            return self._search_flat(queries, k)
+        if allowed is None and self.append_only and len(queries) < SMALL_BATCH:
+            dead = self._tombstone_rows()
+            if dead is not None:
+                return self._search_flat(queries, k, dead)
         selector = None
         if allowed is not None:
             selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
@@ -141,16 +174,32 @@ class VectorIndex:
             params.sel = selector
         return self.index.search(queries, k, params=params)
 
-    def _search_flat(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _tombstone_rows(self) -> np.ndarray | None:
+        """The storage rows of the tombstones, found by binary search: ids are handed out in increasing
+        order and rows join at the end, so the id map is sorted. None if it is not (then FAISS's own
+        filtered search runs)."""
+        if not self.tombstones:
+            return np.empty(0, dtype=np.int64)
+        if self._dead_positions is None:
+            stored = faiss.rev_swig_ptr(self.index.id_map.data(), self.index.ntotal)
+            dead = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
+            positions = np.searchsorted(stored, dead).clip(max=len(stored) - 1)
+            if not np.array_equal(stored[positions], dead):
+                return None
+            self._dead_positions = positions
+        return self._dead_positions
+
+    def _search_flat(self, queries: np.ndarray, k: int, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = faiss.downcast_index(self.index.index)
         count = flat.ntotal
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
-        if count == 0:
+        if count - len(dead) <= 0:
             return scores, ids
         stored = faiss.rev_swig_ptr(flat.get_xb(), count * self.dim).reshape(count, self.dim)
         similarity = queries @ stored.T
-        taken = min(k, count)
+        similarity[:, dead] = -np.inf
+        taken = min(k, count - len(dead))
         top = np.argpartition(-similarity, taken - 1, axis=1)[:, :taken]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1), axis=1)
         scores[:, :taken] = np.take_along_axis(similarity, top, axis=1)

@@ -114,7 +114,10 @@ class WriteAheadLog:
         """Write one record and fsync it: when this returns, the record survives a crash."""
         encoded = json.dumps(header, separators=(",", ":")).encode()
         payload = encoded + body
-        record = _PREFIX.pack(MAGIC, len(encoded), len(body), zlib.crc32(payload)) + payload
+        self.append_records(_PREFIX.pack(MAGIC, len(encoded), len(body), zlib.crc32(payload)) + payload)
+
+    def append_records(self, record: bytes) -> None:
+        """Write whole, already encoded records (one, or a run copied from another log) and fsync once."""
         try:
             written = 0
             while written < len(record):

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from compressor.retrieval.vectors import IndexSpec
 
 
+MIN_COMPACT_RATIO = 1.2  # a compacted log is a little larger than the snapshot's files
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -77,6 +79,7 @@ class Settings:
     max_document_chars: int = 1_000_000
     max_top_k: int = 1000
     snapshot_every: int = 1000
+    compact_ratio: float = 2.0  # compact the index log when it holds this many times the live data; 0 = never
 
     def token(self) -> str:
         """The bearer token clients must send ("" = auth off). A token file that is missing or empty
@@ -107,10 +110,13 @@ class Settings:
                    "default_deadline_seconds": 0, "digest_max_tokens": 1, "digest_max_seconds": 0,
                    "drain_seconds": 0, "prefix_cache_mb": 0, "threads": 0,
                    "chunk_chars": 16, "chunk_overlap": 0, "max_documents": 1, "max_document_chars": 1,
-                   "max_top_k": 1, "snapshot_every": 1, "embed_batch": 1, "embedder_dim": 0}
+                   "max_top_k": 1, "snapshot_every": 1, "compact_ratio": 0, "embed_batch": 1, "embedder_dim": 0}
         for name, least in minimum.items():
             if getattr(self, name) < least:
                 raise ValueError(f"{name}: {getattr(self, name)} is below its minimum of {least}")
+        if 0 < self.compact_ratio < MIN_COMPACT_RATIO:
+            raise ValueError(f"compact_ratio: {self.compact_ratio} would compact after every snapshot; use 0 (never) "
+                             f"or at least {MIN_COMPACT_RATIO}")
         for name in ("model", "embedder", "tls_cert", "tls_key", "tls_client_ca"):
             if getattr(self, name) and not Path(getattr(self, name)).exists():
                 raise ValueError(f"{name}: {getattr(self, name)} does not exist")
@@ -179,7 +185,7 @@ class Settings:
         return StoreConfig(self.data_dir, self.embedder, self.embedder_dim, self.embed_batch, self.index_spec(),
                            Chunking(self.chunk_chars, self.chunk_overlap),
                            Limits(self.max_documents, self.max_document_chars, self.max_top_k), self.snapshot_every,
-                           milvus)
+                           self.compact_ratio, milvus)
 
 
 HELP = {
@@ -235,6 +241,8 @@ HELP = {
     "max_document_chars": "characters per indexed document",
     "max_top_k": "largest top_k of Search and retrieve_top_k of Compress",
     "snapshot_every": "write an index snapshot every this many logged writes",
+    "compact_ratio": "after a snapshot, rewrite the index log as the live documents when it holds more than this "
+                     "many times their bytes (0: never)",
 }
 
 
@@ -278,7 +286,8 @@ def _parser_of(kind: type):
 # The settings that say how a data directory is opened as an index (``focal index`` offers only these).
 STORE_SETTINGS = ("data_dir", "embedder", "embedder_dim", "embed_batch", "index_type", "ivf_nlist", "ivf_nprobe",
                   "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "chunk_chars", "chunk_overlap",
-                  "max_documents", "max_document_chars", "max_top_k", "snapshot_every")
+                  "max_documents", "max_document_chars", "max_top_k", "snapshot_every",
+                  "compact_ratio")
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: Collection[str] | None = None) -> None:

@@ -1,0 +1,115 @@
+"""The embedded store's upkeep: log compaction keeps every live document and survives a kill after each
+of its steps; a snapshot lets writes through while it copies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from test_index import RIVERS
+
+from compressor.embedding import Embedder
+from compressor.retrieval import snapshot as snapshot_module
+from compressor.retrieval.store import Document, IndexStore, rebuild
+
+REPLACED = [Document("seine", f"The Seine, edition {n}, flows through Paris to Le Havre.", {"lang": "en"})
+            for n in range(6)]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+def documents(store: IndexStore) -> dict[str, tuple[dict, str]]:
+    """Document id -> (metadata, its chunks' text), of the namespace ``wiki``."""
+    space = store.namespaces["wiki"]
+    return {doc_id: (entry.metadata, " ".join(space.chunks[i][2] for i in entry.chunk_ids))
+            for doc_id, entry in space.documents.items()}
+
+
+def churned(root: Path, embedder: Embedder) -> tuple[dict, int]:
+    """A log holding dead versions: the rivers, the Seine replaced six times, the Alps deleted; the
+    store closed without a snapshot. Returns the live documents and the log's size."""
+    store = IndexStore(root, embedder, compact_ratio=0)
+    store.upsert("wiki", RIVERS)
+    for document in REPLACED:
+        store.upsert("wiki", [document])
+    store.delete("wiki", ["alps"])
+    expected, size = documents(store), store.wal.end
+    store.close(snapshot=False)
+    return expected, size
+
+
+def test_compaction_keeps_the_live_set_and_shrinks_the_log(tmp_path: Path, embedder: Embedder) -> None:
+    expected, before = churned(tmp_path, embedder)
+    store = IndexStore(tmp_path, embedder, compact_ratio=0)
+    store.compact_log()
+    assert store.wal_name != "wal.log" and store.wal.end < before / 3
+    assert [p.name for p in tmp_path.glob("wal*.log")] == [store.wal_name]
+    store.upsert("wiki", [Document("loire", "The Loire is the longest river of France.", {"lang": "en"})])
+    expected["loire"] = ({"lang": "en"}, "The Loire is the longest river of France.")
+    store.close(snapshot=False)  # the Loire lives only in the compacted log's tail
+    reopened = IndexStore(tmp_path, embedder)
+    assert documents(reopened) == expected
+    assert reopened.search("wiki", "Paris", 1)[0].document_id == "seine"
+    reopened.close(snapshot=False)
+    rebuild(tmp_path)  # replaying the compacted log from its start gives the same state
+    rebuilt = IndexStore(tmp_path, embedder)
+    assert documents(rebuilt) == expected and rebuilt.search("wiki", "Loire", 1)[0].document_id == "loire"
+    rebuilt.close()
+
+
+@pytest.mark.parametrize("step", ["written", "switched", "dropped"])
+def test_a_kill_after_any_compaction_step_loses_nothing(tmp_path: Path, embedder: Embedder, step: str) -> None:
+    expected, before = churned(tmp_path, embedder)
+    script = ("import os, signal, sys\n"
+              "from compressor.retrieval.store import IndexStore\n"
+              "store = IndexStore(sys.argv[1], compact_ratio=0)\n"
+              "def step(name):\n"
+              "    if name == sys.argv[2]:\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "store.compact_log(step)\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path), step], timeout=120)
+    assert killed.returncode == -9
+    store = IndexStore(tmp_path, embedder)
+    assert documents(store) == expected
+    assert store.search("wiki", "Le Havre", 1)[0].document_id == "seine"
+    assert [p.name for p in tmp_path.glob("wal*.log")] == [store.wal_name]  # the other log was dropped
+    compacted = step != "written"
+    assert (store.wal_name != "wal.log") == compacted and (store.wal.end < before / 3) == compacted
+    store.close()
+
+
+def test_writes_go_through_while_a_snapshot_copies(tmp_path: Path, embedder: Embedder,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
+    store.upsert("wiki", RIVERS)
+    taken_at = store.seq
+    copying, written = threading.Event(), threading.Event()
+    plain_write = snapshot_module._File.write
+
+    def write_and_wait(self, data) -> None:  # the snapshot pauses between two slices of rows
+        plain_write(self, data)
+        if self.path.suffix == ".vectors" and not copying.is_set():
+            copying.set()
+            assert written.wait(30), "a write waited for the snapshot's copy"
+
+    monkeypatch.setattr(snapshot_module, "SLICE_ROWS", 1)
+    monkeypatch.setattr(snapshot_module._File, "write", write_and_wait)
+    snapshotting = threading.Thread(target=store.snapshot)
+    snapshotting.start()
+    assert copying.wait(30)
+    store.upsert("wiki", [Document("loire", "The Loire is the longest river of France.")])
+    store.delete("wiki", ["alps"])
+    written.set()
+    snapshotting.join(30)
+    assert store.snapshot_seq == taken_at < store.seq  # the snapshot is the picture taken before the writes
+    expected = documents(store)
+    store.close(snapshot=False)
+    reopened = IndexStore(tmp_path, embedder)  # snapshot, then the two writes replayed from the log
+    assert documents(reopened) == expected and "alps" not in expected and "loire" in expected
+    reopened.close()
