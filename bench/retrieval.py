@@ -9,6 +9,8 @@
    candidate lists (20 each), so recall@20 is easy here: read recall@1 and @5 first.
    Then 10^5 synthetic vectors straight into each backend's index (no embedder): single-query
    search p50/p99 at k=10, exact on both.
+   And the embedded store under load (``bench.store``): the longest write and search while it
+   snapshots, at 10^6 chunks (10^5 with ``--quick``), and the log's size after compaction.
 2. Speed: synthetic clustered unit vectors (384-dim, like the embedder's) at 10^5 and 10^6;
    for flat, IVF and HNSW (``VectorIndex``, as the server uses it): build time, single-query
    latency p50/p99 at k=10, recall@10 against exact search, and the p50 speed-up over a plain
@@ -30,6 +32,7 @@ import faiss
 import numpy as np
 
 from bench.report import RESULTS, markdown_table, progress, write
+from bench.store import measure as store_figures
 from compressor.embedding import Embedder
 from compressor.retrieval.contract import Document
 from compressor.retrieval.milvus import MilvusConfig, MilvusStore
@@ -238,6 +241,8 @@ def main() -> None:
                      f"{r['mrr_at_20']:.3f}", f"{r['upsert_passages_per_s']:.0f}", f"{r['search_p50_ms']:.1f}",
                      f"{r['search_p99_ms']:.1f}"] for name, r in compared["nq"].items()]
     vectors = compared["vectors_1e5"]
+    store_size = 100_000 if args.quick else 1_000_000
+    store = store_figures(store_size, embedder)
     markdown = "\n".join([
         "# Retrieval",
         "",
@@ -257,6 +262,15 @@ def main() -> None:
         f" ms (Milvus Lite on loopback unless a URI was given), **{vectors['milvus_over_faiss_p50']:.2f}x** the "
         "embedded index's p50.",
         "",
+        "## The embedded store under load",
+        "",
+        f"{store_size:,} chunks, a writer and a searcher running while the store snapshots in the background "
+        f"(`bench.store`): the longest write took {store['write_max_stall_ms']:.0f} ms during the snapshot "
+        f"({store['write_max_outside_ms']:.0f} ms outside it), the longest search {store['search_max_stall_ms']:.0f}"
+        f" ms ({store['search_max_outside_ms']:.0f} ms); the snapshot held the store's lock "
+        f"{store['longest_lock_hold_ms']:.0f} ms at most. The log after compaction: "
+        f"{store['log_over_live_after']:.2f}x the live data (before: {store['log_over_live_before']:.2f}x).",
+        "",
         "## FAISS index types at scale",
         "",
         f"Synthetic clustered 384-dim unit vectors, {args.queries} single queries at k=10, 2 threads; speed-up = "
@@ -269,7 +283,8 @@ def main() -> None:
     ])
     plot(sizes)
     payload = {"recall_at_5": recall["recall_at_5"], "recall_at_20": recall["recall_at_20"], "nq": recall,
-               "backends": compared, "sizes": sizes}
+               "backends": compared, "sizes": sizes, "store": store,
+               "snapshot_max_stall_ms": max(store["write_max_stall_ms"], store["search_max_stall_ms"])}
     write("retrieval", payload, markdown)
 
 
