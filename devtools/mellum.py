@@ -67,18 +67,20 @@ def _std(shape: torch.Size) -> float:
     return 0.5 / shape[-1] ** 0.5 if len(shape) > 1 else 0.1
 
 
-def random_state(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_state(config: dict, seed: int = 0, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random weights in transformers' layout for ``config``, made without building the model (the
-    real-width slice would need its 8.5 GB twice): norms near 1, matrices of unit-ish output."""
+    real-width slice would need its 8.5 GB twice): norms near 1, matrices of unit-ish output. Drawn
+    on ``device`` (a whole 28-layer model is drawn on the GPU that runs it) and stored in ``dtype``."""
     from transformers import MellumConfig, MellumForCausalLM
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
         skeleton = MellumForCausalLM(MellumConfig(**config))
     state = {}
     for name, param in skeleton.named_parameters():
-        noise = torch.randn(param.shape, generator=generator)
-        state[name] = 1.0 + 0.1 * noise if "norm" in name else noise * _std(param.shape)
+        noise = torch.randn(param.shape, generator=generator, device=device)
+        state[name] = (1.0 + 0.1 * noise if "norm" in name else noise * _std(param.shape)).to(dtype)
     return state
 
 

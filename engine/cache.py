@@ -60,8 +60,13 @@ class _StoredKV:
         return 0 if self.keys is None else self.keys.shape[2]
 
 
+GROWTH_FACTOR = 1.25  # a full layer's storage grows by a quarter: appending stays amortised (each
+# position is copied about five times in all) and the storage holds at most a quarter more than its
+# positions, where doubling would hold up to twice as much just past a power of two.
+
+
 class FullKV(_StoredKV):
-    """A full-attention layer: storage for every position, grown by doubling (rounded to
+    """A full-attention layer: storage for every position, grown by ``GROWTH_FACTOR`` (rounded to
     ``growth``) so that appending stays amortised, or reserved exactly up front."""
 
     def __init__(self, shape: KVShape, growth: int = 256) -> None:
@@ -72,7 +77,8 @@ class FullKV(_StoredKV):
         capacity = self.stored_positions
         if needed <= capacity:
             return
-        size = needed if exact else (max(needed, 2 * capacity) + self.growth - 1) // self.growth * self.growth
+        size = needed if exact else \
+            (max(needed, int(capacity * GROWTH_FACTOR)) + self.growth - 1) // self.growth * self.growth
         keys, values = self.shape.empty(size), self.shape.empty(size)
         if capacity:
             keys[:, :, : self.offset] = self.keys[:, :, : self.offset]

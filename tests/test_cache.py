@@ -7,6 +7,7 @@ import torch
 from conftest import assert_logits_close, our_logits
 
 from devtools.mellum import TINY_MELLUM
+from engine.cache import GROWTH_FACTOR, FullKV, KVShape
 from engine.loader import load_model
 
 
@@ -50,6 +51,20 @@ def test_sliding_layers_hold_window_positions_while_full_layers_grow(model):
         assert 100 <= cache.layers[layer].stored_positions < 100 + 256
     expected = (len(full) * cache.layers[full[0]].stored_positions + len(sliding) * window) * per_position
     assert cache.nbytes() == expected
+
+
+def test_a_growing_full_layer_holds_at_most_a_quarter_more_than_its_positions():
+    layer = FullKV(KVShape(1, 1, 4, torch.float32, torch.device("cpu")), growth=256)
+    regrowths, pointer, worst = 0, None, 0.0
+    for position in range(1, 6001):
+        layer.update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
+        regrowths += layer.keys.data_ptr() != pointer
+        pointer = layer.keys.data_ptr()
+        assert layer.stored_positions <= GROWTH_FACTOR * position + 256  # + rounding to whole blocks of 256
+        if position > 4096:
+            worst = max(worst, layer.stored_positions / position)
+    assert worst <= GROWTH_FACTOR + 256 / 4096  # doubling would reach 2x just past a power of two
+    assert regrowths <= 16  # still amortised: geometric growth, not a copy every few positions
 
 
 def test_reserve_avoids_regrowth(model):

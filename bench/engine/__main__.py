@@ -30,6 +30,7 @@ eager), its acceptance rate and mean accepted draft length.
     python -m bench.engine --report-only    # re-render the report from bench/results/engine.json's figures
     python -m bench.engine --long 131072     # only: prefill the slice to 128K, KV bytes on the way
     python -m bench.engine --speculative     # only: speculative decoding, merged into results/engine.json
+    python -m bench.engine --agreement       # only: llama.cpp's same-model check, merged likewise
 """
 
 from __future__ import annotations
@@ -42,16 +43,18 @@ from pathlib import Path
 
 import torch
 
-from bench.engine.kv import kv_at, long_context
-from bench.engine.limits import active_flops_per_token, decode_weight_bytes, machine_limits
-from bench.engine.llamacpp import llamacpp_available, llamacpp_files, measure_llamacpp
+from bench.engine.kv import LONG_EVERY, kv_at, long_context
+from bench.engine.limits import active_flops_per_token, cpu_has_amx, decode_weight_bytes, machine_limits
+from bench.engine.llamacpp import llamacpp_available, llamacpp_files, measure_llamacpp, same_model_check
 from bench.engine.models import MELLUM_SLICE, OURS_BF16, OURS_FP32, default_sides, mellum_sides, mellum_state
 from bench.engine.prefix import prefix_reuse
 from bench.engine.report import report
 from bench.engine.speculative import speculative_figures
 from bench.engine.variants import Variant, fastest, measure
 from bench.report import RESULTS, progress, provenance, write
-from engine import Engine
+from engine import Engine, default_model_path
+from engine.config import from_hf_dict
+from engine.loader import build_model, load_model
 
 
 def main() -> None:
@@ -64,6 +67,8 @@ def main() -> None:
                         help="only the long-context run: prefill the slice to TOKENS (e.g. 131072)")
     parser.add_argument("--speculative", action="store_true",
                         help="only speculative decoding: measured now, merged into results/engine.json's figures")
+    parser.add_argument("--agreement", action="store_true",
+                        help="only llama.cpp's same-model check on both models, merged into results/engine.json")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rebuild the report and plot from the figures in results/engine.json")
     args = parser.parse_args()
@@ -77,9 +82,12 @@ def main() -> None:
     if args.speculative:
         speculative_only(args)
         return
+    if args.agreement:
+        agreement_only(args)
+        return
     limits = machine_limits(args.threads)
     raw: dict[str, dict[str, dict[str, float]]] = {}
-    extra: dict[str, object] = {"limits": limits}
+    extra: dict[str, object] = {"limits": limits, "cpu_has_amx": cpu_has_amx()}
     folder = Path(tempfile.mkdtemp(prefix="focal-bench-"))
     for label in ("mellum", "default"):
         state = mellum_state() if label == "mellum" else None
@@ -104,7 +112,7 @@ def main() -> None:
             long = measure({ours_best: sides[ours_best], theirs_best: sides[theirs_best]}, vocab, (8192,), 2, 1)
             for name in long:
                 figures[name]["prefill_8192_tok_s"] = long[name]["prefill_8192_tok_s"]
-            extra["mellum_kv_32k"] = kv_at(sides[OURS_BF16].model, 32768)
+            extra["mellum_kv_32k"] = kv_at(sides[OURS_BF16].model, 32768, every=LONG_EVERY)
             progress(f"kv at 32K: {extra['mellum_kv_32k']}")
         if label == "default":
             extra["default_prefix_reuse"] = prefix_reuse(sides[OURS_BF16].model)
@@ -116,7 +124,12 @@ def main() -> None:
             files = llamacpp_files(label, state, folder)
             del state  # the slice's fp32 tensors: llama.cpp's files take their place in memory
             gc.collect()
-            figures.update(measure_llamacpp(files, sides, vocab, args.threads, args.repeats, args.decode_steps))
+            check = extra[f"{label}_llamacpp_agreement"] = same_model_check(files, sides[OURS_FP32].model,
+                                                                            args.threads)
+            if check["agrees"]:
+                figures.update(measure_llamacpp(files, sides, vocab, args.threads, args.repeats, args.decode_steps))
+            else:
+                progress(f"llama.cpp computes another model from {label}'s file: not timed")
             for path in folder.glob("*.gguf"):
                 path.unlink()
         raw[label] = figures
@@ -140,6 +153,30 @@ def speculative_only(args: argparse.Namespace) -> None:
     stored["extra"]["speculative"] = measure_speculative()
     (RESULTS / "engine.json").write_text(json.dumps(stored, indent=2))
     rerender(args, again="only speculative decoding was measured again (its section says when)")
+
+
+def agreement_only(args: argparse.Namespace) -> None:
+    """llama.cpp's same-model check on the slice and the default model, measured now; the stored
+    timings are kept (the report says when each was measured)."""
+    if not llamacpp_available():
+        raise SystemExit("llama-cpp-python is not installed: FOCAL_EXTRAS=bench bash scripts/setup.sh")
+    stored = json.loads((RESULTS / "engine.json").read_text())
+    folder = Path(tempfile.mkdtemp(prefix="focal-bench-"))
+    for label in ("mellum", "default"):
+        state = mellum_state() if label == "mellum" else None
+        model = (build_model(from_hf_dict(MELLUM_SLICE), state, torch.float32) if state is not None
+                 else load_model(default_model_path(), torch.float32))
+        files = llamacpp_files(label, state, folder, kinds=("F32",))
+        check = same_model_check(files, model, args.threads)
+        check["provenance"] = provenance({"threads": args.threads})
+        stored["extra"][f"{label}_llamacpp_agreement"] = check
+        del model, state
+        for path in folder.glob("*.gguf"):
+            path.unlink()
+        gc.collect()
+    stored["extra"]["cpu_has_amx"] = cpu_has_amx()
+    (RESULTS / "engine.json").write_text(json.dumps(stored, indent=2))
+    rerender(args, again="only llama.cpp's same-model check was run again (its lines say when)")
 
 
 def rerender(args: argparse.Namespace, again: str = "nothing was measured again") -> None:

@@ -3,6 +3,8 @@ prefill token or a decode step needs of them (roofline fractions)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from bench.report import best_of, progress
@@ -13,20 +15,28 @@ from engine.quant import Int8Experts
 
 
 def machine_limits(threads: int) -> dict[str, float]:
-    """Achieved matmul FLOP/s and copy bandwidth of this machine, fp32 and bf16."""
+    """Achieved matmul FLOP/s of this machine (fp32 and bf16) and its copy bandwidth (read + write)."""
     limits = {}
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
         seconds = best_of(5, lambda a=a, b=b: torch.mm(a, b))
         limits[f"matmul_gflops_{label}"] = 2 * 4096**3 / seconds / 1e9
-        source = torch.empty(256 * 2**20, dtype=torch.float32)
-        source.normal_()
-        target = torch.empty_like(source)
-        seconds = best_of(5, lambda s=source, t=target: t.copy_(s))
-        limits["copy_gb_s"] = 2 * source.numel() * 4 / seconds / 1e9  # read + write
+    source = torch.empty(256 * 2**20, dtype=torch.float32)
+    source.normal_()
+    target = torch.empty_like(source)
+    seconds = best_of(5, lambda: target.copy_(source))
+    limits["copy_gb_s"] = 2 * source.numel() * 4 / seconds / 1e9
     progress(f"machine: matmul {limits['matmul_gflops_fp32']:.0f} GFLOP/s fp32, {limits['matmul_gflops_bf16']:.0f} "
              f"bf16; copy {limits['copy_gb_s']:.1f} GB/s ({threads} threads)")
     return limits
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (oneDNN's bf16 matmuls use them; our llama.cpp build does not)."""
+    try:
+        return " amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def active_flops_per_token(config: ModelConfig, context: int) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from bench.engine.agreement import agreement
 from bench.engine.models import MELLUM_SLICE
 from bench.engine.prefix import default_tokenizer
 from bench.engine.variants import LlamaCpp, Variant, measure
@@ -16,9 +17,10 @@ from engine import default_model_path
 from engine.config import from_hf_dict
 
 
-def llamacpp_files(model: str, state: dict[str, torch.Tensor] | None, folder: Path) -> dict[Variant, Path]:
-    """GGUF files for llama.cpp: the slice written by our writer (F32, BF16, Q8_0; SmolLM2's
-    tokenizer padded to the slice's vocabulary), or the default model's own Q4_1 file."""
+def llamacpp_files(model: str, state: dict[str, torch.Tensor] | None, folder: Path,
+                   kinds: tuple[str, ...] = ("F32", "BF16", "Q8_0")) -> dict[Variant, Path]:
+    """GGUF files for llama.cpp: the slice written by our writer (``kinds`` of F32, BF16, Q8_0;
+    SmolLM2's tokenizer padded to the slice's vocabulary), or the default model's own Q4_1 file."""
     from gguf import GGMLQuantizationType
 
     from devtools.gguf_write import write_gguf
@@ -30,6 +32,8 @@ def llamacpp_files(model: str, state: dict[str, torch.Tensor] | None, folder: Pa
     files = {}
     for label, qtype in (("F32", GGMLQuantizationType.F32), ("BF16", GGMLQuantizationType.BF16),
                          ("Q8_0", GGMLQuantizationType.Q8_0)):
+        if label not in kinds:
+            continue
         files[Variant("llama.cpp", label)] = path = folder / f"mellum-slice-{label}.gguf"
         progress(f"writing {path.name}")
         write_gguf(path, config, state, qtype, tokenizer=tokenizer, name="mellum-slice")
@@ -49,6 +53,13 @@ def measure_llamacpp(files: dict[Variant, Path], ours: dict[Variant, object], vo
         del side
         gc.collect()
     return figures
+
+
+def same_model_check(files: dict[Variant, Path], model, threads: int) -> dict:
+    """llama.cpp against our fp32 ``model`` on the file of the closest precision (the slice's F32,
+    the default model's own Q4_1): see ``bench.engine.agreement``."""
+    kind = "F32" if Variant("llama.cpp", "F32") in files else "Q4_1"
+    return agreement(files[Variant("llama.cpp", kind)], kind, model, threads)
 
 
 def llamacpp_available() -> bool:

@@ -2,7 +2,9 @@
 sides), then each side's fastest variant, labelled as such; the machine's limits; the plot.
 
 llama.cpp is built without AMX (scripts/setup.sh says why), while our bf16 matmuls use it
-where the CPU has it: every llama.cpp figure carries that note.
+where the CPU has it: every llama.cpp figure says which was the case in the run (on a CPU without
+AMX neither side uses it). llama.cpp is timed only on a model whose same-model check passed
+(``bench.engine.agreement``); the report gives the check's figures.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ LIKE_PAIRS = {
 }
 FIGURES = [(f"prefill_{n}_tok_s", f"prefill_{n}", True) for n in (512, 2048, 8192)] + [
     ("decode_ms_per_token", "decode", False)]
-NO_AMX = "llama.cpp built without AMX"
+
+
+def amx_note(extra: dict) -> str:
+    """What the run's CPU meant for llama.cpp's figures (runs before the flag was stored: the build's note)."""
+    if extra.get("cpu_has_amx") is False:
+        return "no AMX on this CPU: neither side uses it"
+    return "llama.cpp built without AMX, ours uses it"
 
 
 def phase(figures: dict[Variant, dict[str, float]], peer: str) -> dict[Variant, dict[str, float]]:
@@ -35,7 +43,7 @@ def phase(figures: dict[Variant, dict[str, float]], peer: str) -> dict[Variant, 
     return {v: f for v, f in figures.items() if not v.beside}
 
 
-def like_for_like(raw: dict) -> tuple[dict[str, dict[str, float]], list[list[str]]]:
+def like_for_like(raw: dict, note: str) -> tuple[dict[str, dict[str, float]], list[list[str]]]:
     """Ratios (ours/peer speed) of same-precision pairs only: {ratio key: {pair: ratio}}, and table rows."""
     ratios: dict[str, dict[str, float]] = {}
     rows = []
@@ -52,7 +60,7 @@ def like_for_like(raw: dict) -> tuple[dict[str, dict[str, float]], list[list[str
                     ratios.setdefault(f"{prefix}{label}_{name}", {})[f"{ours.short} vs {theirs.short}"] = ratio
                     unit = "tok/s" if higher else "ms/token"
                     rows.append([label, f"{name.replace('_', ' ')} ({unit})", ours.short, f"{mine:.1f}",
-                                 f"{peer} {theirs.short}" + (f" ({NO_AMX})" if peer == "llama.cpp" else ""),
+                                 f"{peer} {theirs.short}" + (f" ({note})" if peer == "llama.cpp" else ""),
                                  f"{other:.1f}", f"{ratio:.2f}x"])
     return ratios, rows
 
@@ -60,7 +68,8 @@ def like_for_like(raw: dict) -> tuple[dict[str, dict[str, float]], list[list[str
 def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]:
     ratios: dict[str, float] = {}
     rows = []
-    like, like_rows = like_for_like(raw)
+    note = amx_note(extra)
+    like, like_rows = like_for_like(raw, note)
 
     def compare(label: str, key: str, peer: str, name: str, higher: bool = True,
                 ours_side: str = "ours", figures: dict | None = None, figure: str = "") -> None:
@@ -76,7 +85,7 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         figure = figure or key.replace("_tok_s", "").replace("_ms_per_token", "").replace("_", " ")
         rows.append([label, f"{figure} ({unit})",
                      f"{ours:.1f} ({ours_name.short})", f"{theirs:.1f} ({theirs_name.short})",
-                     peer + (f" ({NO_AMX})" if peer == "llama.cpp" else ""), f"{ratios[name]:.2f}x"])
+                     peer + (f" ({note})" if peer == "llama.cpp" else ""), f"{ratios[name]:.2f}x"])
 
     for label in raw:
         for length in (512, 2048, 8192):
@@ -99,6 +108,8 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         ratios[f"default_{key}"] = extra[f"default_{key}"]
     if "mellum_kv_32k" in extra:
         ratios["kv_bytes_32k_over_formula"] = extra["mellum_kv_32k"]["ratio"]
+        if "worst_ratio" in extra["mellum_kv_32k"]:
+            ratios["kv_bytes_over_formula_worst"] = extra["mellum_kv_32k"]["worst_ratio"]
     limits = extra["limits"]
     lines = [
         f"# Engine speed (CPU, {args.threads} threads, best of {args.repeats})",
@@ -120,6 +131,7 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         f"mellum {extra['mellum_bandwidth_fraction_decode']:.2f}, default "
         f"{extra['default_bandwidth_fraction_decode']:.2f}.",
     ]
+    lines += agreement_lines(raw, extra)
     if "default_prefix_reuse" in extra:
         reuse = extra["default_prefix_reuse"]
         ratios["default_prefix_reuse_speedup"] = reuse["speedup"]
@@ -128,8 +140,10 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
                      f"{reuse['warm_ms']:.0f} ms with the prefix cached ({reuse['speedup']:.2f}x).")
     if "mellum_kv_32k" in extra:
         kv = extra["mellum_kv_32k"]
+        worst = (f"; worst on the way (every {kv['on_the_way'][0]['tokens']} tokens) {kv['worst_ratio']:.3f}"
+                 if kv.get("on_the_way") else "; not sampled on the way (a run before the growth change)")
         lines.append(f"KV cache of the slice at {kv['tokens']} tokens (bf16): {kv['bytes'] / 2**20:.1f} MiB measured, "
-                     f"{kv['formula_bytes'] / 2**20:.1f} MiB by the formula (ratio {kv['ratio']:.3f}); "
+                     f"{kv['formula_bytes'] / 2**20:.1f} MiB by the formula (ratio {kv['ratio']:.3f}{worst}); "
                      f"prefill {kv['prefill_tok_s']:.0f} tok/s.")
     if "speculative" in extra:
         lookup = extra["speculative"]["prompt_lookup"]
@@ -153,6 +167,26 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
     return payload, "\n".join(lines)
 
 
+def agreement_lines(raw: dict, extra: dict) -> list[str]:
+    """The same-model check of each model llama.cpp ran (or was refused)."""
+    lines = []
+    for label in raw:
+        check = extra.get(f"{label}_llamacpp_agreement")
+        if check is None:
+            if any(v.side == "llama.cpp" for v in raw[label]):
+                lines.append(f"llama.cpp same-model check, {label}: not run (figures from before the check existed).")
+            continue
+        window = f", {check['positions'] - check['window']} past the window of {check['window']}" \
+            if check["window"] else ""
+        verdict = "passed: timed" if check["agrees"] else "FAILED: llama.cpp was not timed on this model"
+        lines.append(f"llama.cpp same-model check, {label} ({check['file']} file against our fp32 on the same "
+                     f"weights, {check['positions']} positions{window}): top-1 agreement {check['top1_agreement']:.3f}"
+                     f" (past the window {check['top1_agreement_past_window']:.3f}), largest logit difference "
+                     f"{check['max_abs_logit_diff']:.3g} (largest logit {check['max_abs_logit']:.3g}); required "
+                     f"{check['required_top1']:.2f}: {verdict}.")
+    return lines
+
+
 def plot(rows: list[list[str]]) -> None:
     """Like-for-like ours/peer speed per figure, one bar each; the line at 1 is parity."""
     import matplotlib
@@ -160,7 +194,7 @@ def plot(rows: list[list[str]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{model} {figure}: ours {ours} vs {peer.removesuffix(f' ({NO_AMX})')}"
+    labels = [f"{model} {figure}: ours {ours} vs {peer.partition(' (')[0]}"
               for model, figure, ours, _, peer, _, _ in rows]
     values = [float(row[-1].removesuffix("x")) for row in rows]
     figure, axis = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.2))
