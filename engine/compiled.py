@@ -10,7 +10,8 @@ error suppression: the backend is wrapped so that a graph the backend cannot com
 its own eager code (dynamo's graph, uncompiled), and the failure with its reason is kept in
 ``CompileStats``, which the server's start-up log and metrics report. The failure is caught when the
 graph is compiled, before it runs, so no cache is left half-written. Errors in dynamo's tracing
-itself are not caught: they surface as errors.
+itself are not caught: they surface as errors; nor is dynamo's request to trace a graph again
+(``RestartAnalysis``, raised from inside inductor), which is how compiling goes on, not a failure.
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ class CompiledForward:
         self._compiled = torch.compile(model, backend=self._guarded(inner), dynamic=True)
 
     def _guarded(self, inner: Callable) -> Callable:
+        from torch._dynamo.exc import RestartAnalysis
+
         def compile_graph(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
             try:
                 compiled = inner(graph, example_inputs)
+            except RestartAnalysis:
+                raise  # not a failure: dynamo's signal to trace the graph again (e.g. with a scalar specialised)
             except Exception as exc:  # any backend failure: this graph runs eagerly, the reason is kept
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 with self._lock:

@@ -54,3 +54,25 @@ def test_a_failing_compiler_falls_back_to_eager(tiny_model, default_engine):
     assert stats.state == "eager" and stats.compiled == 0 and len(stats.failures) == len(calls)
     assert all("this backend cannot compile anything" in reason for reason in stats.failures)
     assert not torch._dynamo.config.suppress_errors, "errors must not be suppressed process-wide"
+
+
+def test_dynamos_request_to_trace_again_is_not_a_failure(tiny_model, default_engine):
+    """Inductor raises ``RestartAnalysis`` to have dynamo trace a graph again (seen on the default model
+    in bf16); it passes through, and the graph compiles on the second try."""
+    from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+
+    calls = []
+
+    def restarting_backend(graph, example_inputs):
+        calls.append(len(example_inputs))
+        if len(calls) == 1:
+            raise TensorifyScalarRestartAnalysis
+        return graph.forward
+
+    eager = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
+    restarted = Engine(tiny_model, default_engine.tokenizer, EngineOptions(prefix_cache_bytes=0))
+    restarted.forward = CompiledForward(tiny_model, backend=restarting_backend)
+    for ours, reference in zip(scores(restarted), scores(eager), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert len(calls) > 1 and not restarted.compile_stats.failures
+    assert restarted.compile_stats.state == "compiled"
