@@ -17,6 +17,7 @@ from gguf import quants as gguf_quants
 
 from engine.config import FULL, SLIDING, SPARSE, ModelConfig
 from engine.gguf_read import ARCH_TO_MODEL_TYPE
+from engine.rope import gguf_attn_factor
 from engine.tokenizer import ChatTokenizer
 
 _MODEL_TYPE_TO_ARCH = {v: k for k, v in ARCH_TO_MODEL_TYPE.items()}
@@ -92,7 +93,7 @@ def _add_metadata(writer: GGUFWriter, config: ModelConfig, arch: str) -> None:
         writer.add_float32(f"{arch}.rope.scaling.yarn_beta_fast", full.beta_fast)
         writer.add_float32(f"{arch}.rope.scaling.yarn_beta_slow", full.beta_slow)
         if full.attention_factor is not None:
-            writer.add_float32(f"{arch}.rope.scaling.attn_factor", full.attention_factor)
+            writer.add_float32(f"{arch}.rope.scaling.attn_factor", gguf_attn_factor(full.attention_factor, full.factor))
     writer.add_array(f"{arch}.attention.sliding_window_pattern", [t == SLIDING for t in config.layer_types])
     if SLIDING in config.layer_types:
         writer.add_uint32(f"{arch}.attention.sliding_window", config.sliding_window)

@@ -23,6 +23,7 @@ from gguf import quants as gguf_quants
 
 from engine.config import DENSE, FULL, SLIDING, SPARSE, ModelConfig, RopeConfig
 from engine.errors import ConfigError, WeightsError
+from engine.rope import attention_factor_from_gguf
 
 ARCH_TO_MODEL_TYPE = {"llama": "llama", "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "mellum": "mellum"}
 
@@ -182,14 +183,16 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
     theta = float(gguf.arch_key("rope.freq_base", 10000.0))
     full_rope = RopeConfig("default", theta)
     if gguf.arch_key("rope.scaling.type") == "yarn":
+        factor = float(gguf.arch_key("rope.scaling.factor", 1.0))
+        attn_factor = gguf.arch_key("rope.scaling.attn_factor")
         full_rope = RopeConfig(
             "yarn",
             theta,
-            factor=float(gguf.arch_key("rope.scaling.factor", 1.0)),
+            factor=factor,
             original_max_position_embeddings=int(gguf.arch_key("rope.scaling.original_context_length", required=True)),
             beta_fast=float(gguf.arch_key("rope.scaling.yarn_beta_fast", 32.0)),
             beta_slow=float(gguf.arch_key("rope.scaling.yarn_beta_slow", 1.0)),
-            attention_factor=gguf.arch_key("rope.scaling.attn_factor"),
+            attention_factor=None if attn_factor is None else attention_factor_from_gguf(float(attn_factor), factor),
         )
     layer_types = _layer_types(gguf, model_type, n)
     rope = {FULL: full_rope}

@@ -19,6 +19,19 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
+def attention_factor_from_gguf(attn_factor: float, factor: float) -> float:
+    """GGUF's ``rope.scaling.attn_factor`` as transformers' ``attention_factor``. llama.cpp multiplies
+    the key by YaRN's own scale (0.1 ln(factor) + 1), where transformers' value replaces that scale:
+    a file says 1.0 for transformers' default. Checked against llama.cpp on the same file
+    (``bench.engine.agreement``): read as transformers' value, YaRN layers disagree from position 1."""
+    return attn_factor * _yarn_mscale(factor)
+
+
+def gguf_attn_factor(attention_factor: float, factor: float) -> float:
+    """transformers' ``attention_factor`` as GGUF's ``rope.scaling.attn_factor`` (see above)."""
+    return attention_factor / _yarn_mscale(factor)
+
+
 def _correction_dim(rotations: float, dim: int, base: float, original_len: int) -> float:
     return dim * math.log(original_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
