@@ -179,9 +179,10 @@ def agreement_lines(raw: dict, extra: dict) -> list[str]:
         window = f", {check['positions'] - check['window']} past the window of {check['window']}" \
             if check["window"] else ""
         verdict = "passed: timed" if check["agrees"] else "FAILED: llama.cpp was not timed on this model"
+        past = f" (past the window {check['top1_agreement_past_window']:.3f})" if check["window"] else ""
         lines.append(f"llama.cpp same-model check, {label} ({check['file']} file against our fp32 on the same "
                      f"weights, {check['positions']} positions{window}): top-1 agreement {check['top1_agreement']:.3f}"
-                     f" (past the window {check['top1_agreement_past_window']:.3f}), largest logit difference "
+                     f"{past}, largest logit difference "
                      f"{check['max_abs_logit_diff']:.3g} (largest logit {check['max_abs_logit']:.3g}); required "
                      f"{check['required_top1']:.2f}: {verdict}.")
     return lines
