@@ -49,6 +49,18 @@ class ForwardOptions:
     decode_rows: int = 1
 
 
+def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query per row (decode) on the CPU, as two small matmuls per key/value head group: SDPA's
+    CPU kernel tiles for many queries and spends most of a decode step's attention time on one.
+    Scores and softmax in fp32 whatever the dtype (as SDPA accumulates)."""
+    batch, heads, _, dim = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * dim**-0.5 + mask.float()
+    weights = torch.softmax(scores, dim=-1).to(values.dtype)
+    return torch.matmul(weights, values).reshape(batch, heads, 1, dim)
+
+
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
            window: int | None, query_block: int) -> torch.Tensor:
     """Causal attention of q [B, H, T, D] over keys/values [B, Hkv, S, D] whose last T are q's own.
@@ -62,6 +74,8 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     if mask is None:
         return F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=True)
     new, total = q.shape[2], keys.shape[2]
+    if new == 1 and q.device.type == "cpu":
+        return attend_one(q, keys, values, mask)
     if new <= query_block:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
     blocks = []
