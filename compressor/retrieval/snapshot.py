@@ -154,8 +154,13 @@ def _write_space(space: SpaceCapture, number: int, folder: Path, lock: threading
     return entry
 
 
+def data_bytes(manifest: dict) -> int:
+    """The bytes of a snapshot's files: what its documents take on disk (log compaction compares the log with it)."""
+    return sum(f["bytes"] for entry in manifest["namespaces"].values() for f in entry["files"].values())
+
+
 def write(root: Path, taken: Capture, spec: IndexSpec, lock: threading.RLock, holds: list[float]) -> dict:
-    """Write the snapshot of ``taken`` and switch ``CURRENT`` to it; returns the new pointer. The
+    """Write the snapshot of ``taken`` and switch ``CURRENT`` to it; returns its manifest. The
     caller holds no lock (``lock`` is taken per slice of rows, each hold's seconds appended to
     ``holds``) and runs one snapshot at a time."""
     folder = root / f"snap-{taken.seq:012d}"
@@ -176,7 +181,7 @@ def write(root: Path, taken: Capture, spec: IndexSpec, lock: threading.RLock, ho
     for old in root.glob("snap-*"):
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)
-    return pointer
+    return manifest
 
 
 def switch(root: Path, pointer: dict) -> None:

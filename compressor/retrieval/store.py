@@ -49,6 +49,7 @@ from compressor.retrieval.snapshot import (
     Capture,
     SnapshotDamaged,
     capture,
+    data_bytes,
     live_log_name,
     load_namespaces,
     read_manifest,
@@ -160,8 +161,7 @@ class IndexStore:
             raise self._recovery(str(exc)) from exc
         self.seq = self.snapshot_seq = manifest["seq"]
         self.next_id = manifest["next_id"]
-        self.snapshot_bytes = sum(f["bytes"] for entry in manifest["namespaces"].values()
-                                  for f in entry["files"].values())
+        self.snapshot_bytes = data_bytes(manifest)
         return pointer["wal_offset"]
 
     def _drop_orphans(self) -> None:
@@ -366,10 +366,7 @@ class IndexStore:
     def _write_snapshot(self, taken: Capture, capture_seconds: float) -> None:
         started = time.perf_counter()
         holds = [capture_seconds]
-        write_snapshot(self.root, taken, self.spec, self._lock, holds)
-        _, manifest = read_manifest(self.root, read_pointer(self.root))
-        self.snapshot_bytes = sum(f["bytes"] for entry in manifest["namespaces"].values()
-                                  for f in entry["files"].values())
+        self.snapshot_bytes = data_bytes(write_snapshot(self.root, taken, self.spec, self._lock, holds))
         self.snapshot_seq = taken.seq
         self.last_snapshot = {"seq": taken.seq, "seconds": round(time.perf_counter() - started + capture_seconds, 3),
                               "longest_lock_hold_ms": round(max(holds) * 1000, 2),
