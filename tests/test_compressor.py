@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from compressor.cli import main
+from compressor.compression import relevance
 from compressor.compression.pipeline import Compressor
 from compressor.compression.request import Chunk, CompressionInputError, CompressOptions, CompressRequest
 from engine import Engine
@@ -264,6 +265,25 @@ def test_a_kept_code_line_brings_its_signature(compressor):
                                                  rate=0.3))
     kept = next(c for c in result.chunks if c.id == "code").kept_text
     assert kept.startswith("def rotate_keys(store, now):") and "renew" in kept
+
+
+def test_the_question_is_likeliest_as_the_documentation_of_the_function_it_describes(compressor):
+    """The model's reading of code headers, on the real default model: the question as a docstring
+    is likelier after the header of the function it describes than after any other."""
+    bodies = {"def celsius_to_fahrenheit(degrees):": "    return degrees * 9 / 5 + 32",
+              "def send_email(recipient, subject, body):": "    smtp.send(recipient, subject, body)",
+              "def read_config(path):": "    return json.loads(open(path).read())",
+              "def shuffle_deck(cards):": "    random.shuffle(cards)\n    return cards",
+              "def count_words(text):": "    return len(text.split())"}
+    texts = [f"{header}\n{body}\n" for header, body in bodies.items()]
+    tokens = compressor.scorer.tokenize(texts)
+    sentences = {i: relevance.ChunkSentences(relevance.units_of_text(t), [0.0], 0.0) for i, t in enumerate(texts)}
+    question = "Convert a temperature in degrees Celsius to degrees Fahrenheit."
+    reads, documented = relevance.readings(question, range(len(texts)), texts, tokens, sentences, 3, 32, 8)
+    assert documented == set(range(len(texts)))
+    compressor.scorer.coarse(list(reads.values()), "", plain=False)
+    likelihood = [reads[i][0].relevance for i in range(len(texts))]
+    assert max(range(len(texts)), key=likelihood.__getitem__) == 0
 
 
 @pytest.mark.parametrize("method", ["sentence", "chunk"])

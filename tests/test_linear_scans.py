@@ -39,7 +39,8 @@ def test_chunking_a_hostile_document_at_the_limit_is_linear(name):
 def test_cutting_a_hostile_chunk_into_units_is_linear(name):
     text = HOSTILE[name][:100_000]  # max_chunk_chars
     assert seconds(lambda: (segment.words(text), segment.sentences(text), segment.lines(text),
-                            segment.looks_like_code(text), [segment.is_signature(r) for r in text.split("\n")])) < 10
+                            segment.looks_like_code(text), segment.code_header(text),
+                            [segment.is_signature(r) for r in text.split("\n")])) < 10
 
 
 def test_the_fence_scanner_finds_what_the_fence_regex_found():

@@ -1,9 +1,12 @@
 """Query-aware compression of retrieved chunks: ranking, a budget, selection.
 
 Ranking (with a question): the embedder scores every sentence (code: line) against the question;
-a chunk's embedder score is its best sentence's. The language model then reads only the
-``Tuning.candidates`` chunks the embedder ranks highest and scores how likely it finds the
-question after each (LongLLMLingua's coarse signal); a chunk's relevance is the fusion of both
+a chunk's embedder score is its best sentence's. The language model then reads two kinds of
+chunk (one batched pass): of the prose chunks, only the ``Tuning.candidates`` the embedder ranks
+highest, scoring how likely it finds the question after each (LongLLMLingua's coarse signal);
+of the code chunks, every one that defines a function or class (up to ``Tuning.documented``),
+scoring how likely the question is as that definition's documentation after its header. A
+chunk's relevance is the fusion of the embedder's score and the model's
 (``compressor.compression.relevance``). Without a question, chunks keep the retriever's order.
 
 Methods:
@@ -63,10 +66,12 @@ class Tuning:
     mean_weight: float = 0.0  # chunk's embedder score: z(best sentence) + this x z(mean of its sentences)
     head_weight: float = 2.0  # ... + this x z(similarity of its opening, embedded whole)
     head_chars: int = 192  # a chunk's opening: its first characters (the embedder's cost grows with it)
-    candidates: int = 3  # chunks the language model reads (the embedder's best)
+    candidates: int = 2  # prose chunks the language model reads (the embedder's best)
     window: int = 32  # tokens of a candidate the model reads, around its best sentence (0 = the whole chunk)
-    likelihood_weight: float = 0.5  # the model's z-scored question likelihood, against the embedder's z-score
-    chunk_weight: float = 1.0  # sentence score = own similarity z-score + this x its chunk's relevance
+    likelihood_weight: float = 1.0  # the model's z-scored question likelihood, against the embedder's z-score
+    documentation_weight: float = 1.5  # the model's z-scored likelihood of the question as a code header's docs
+    documented: int = 16  # code chunks whose header the model reads (the embedder's best): bounds the pass
+    chunk_weight: float = 0.5  # sentence score = own similarity z-score + this x its chunk's relevance
     adaptive_threshold: float = 1.0  # adaptive budget: keep the sentences whose score reaches this
     density: float = 0.7  # token method: average fraction of its tokens an admitted chunk keeps
     steepness: float = 2.0  # how fast the kept fraction falls with rank (see compressor.compression.budget)
@@ -103,7 +108,8 @@ class _Staged:
     timings: dict[str, float] = field(default_factory=dict)
     sentences: dict[int, ChunkSentences] = field(default_factory=dict)  # unique chunk -> its scored units
     embedding: dict[int, float] = field(default_factory=dict)  # unique chunk -> its embedder score
-    candidates: dict[int, ChunkTokens] = field(default_factory=dict)  # what the model reads, per chunk
+    readings: dict[int, tuple[ChunkTokens, str]] = field(default_factory=dict)  # chunk -> (view, suffix)
+    documented: set[int] = field(default_factory=set)  # the readings that are code headers
     scores: dict[int, float] = field(default_factory=dict)  # unique chunk -> relevance (higher = better)
 
 
@@ -155,9 +161,9 @@ class Compressor:
         for instruction, group in by_instruction.items():
             started = time.perf_counter()
             try:
-                if any(job.candidates for job in group):
-                        self.scorer.coarse([(list(job.candidates.values()), job.request.query) for job in group],
-                                       instruction, plain=self.tuning.contrast != 0,
+                readings = [reading for job in group for reading in job.readings.values()]
+                if readings:
+                    self.scorer.coarse(readings, instruction, plain=self.tuning.contrast != 0,
                                        stop=lambda group=group: not any(alive(job.request) for job in group))
             except Interrupted:
                 continue  # every request of the group was abandoned
@@ -180,15 +186,19 @@ class Compressor:
                                            self.tuning.head_chars, stop)
         job.sentences = dict(zip(job.unique, scored))
         job.embedding = relevance.embedder_scores(job.sentences, self.tuning.mean_weight, self.tuning.head_weight)
-        best = relevance.by_embedder(job.embedding)[: self.tuning.candidates]
-        job.candidates = {i: relevance.model_view(job.tokens[i], job.sentences[i], self.tuning.window) for i in best}
+        tuning = self.tuning
+        job.readings, job.documented = relevance.readings(
+            job.request.query, relevance.by_embedder(job.embedding), job.texts, job.tokens, job.sentences,
+            tuning.candidates, tuning.window, tuning.documented if tuning.documentation_weight else 0)
         job.timings["embed"] = time.perf_counter() - started
 
     def _relevance(self, job: _Staged) -> dict[int, float]:
         if not job.request.query:
             return {i: job.request.chunks[i].score or 0.0 for i in job.unique}
-        likelihood = {i: view.relevance for i, view in job.candidates.items()}
-        return relevance.fuse(job.embedding, likelihood, self.tuning.likelihood_weight)
+        likelihood = {i: view.relevance for i, (view, _) in job.readings.items() if i not in job.documented}
+        documentation = {i: job.readings[i][0].relevance for i in job.documented}
+        return relevance.fuse(job.embedding, [(likelihood, self.tuning.likelihood_weight),
+                                              (documentation, self.tuning.documentation_weight)])
 
     def _prepare(self, request: CompressRequest) -> _Staged:
         clock = time.perf_counter()

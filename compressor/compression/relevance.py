@@ -19,12 +19,13 @@ from typing import Protocol
 
 import numpy as np
 
-from compressor.compression.scoring import ChunkTokens
+from compressor.compression.scoring import ChunkTokens, question_suffix
 from compressor.text import segment
 from engine.api import StopCheck
 from engine.errors import Interrupted
 
 EMBED_SLICE = 256  # units per embedder call: a cancelled request stops within one slice
+HEADER_TOKENS = 32  # the most tokens of a code chunk's header the model reads
 
 
 class TextEmbedder(Protocol):
@@ -115,14 +116,15 @@ def zscores(values: Sequence[float]) -> list[float]:
     return [(v - mean) / spread if spread > 0 else 0.0 for v in values]
 
 
-def fuse(embedding: dict[int, float], likelihood: dict[int, float], likelihood_weight: float) -> dict[int, float]:
-    """Chunk scores: the z-scored embedder score of every chunk, plus, for the chunks the language
-    model scored, ``likelihood_weight`` x their z-scored question likelihood among themselves."""
+def fuse(embedding: dict[int, float], signals: Sequence[tuple[Mapping[int, float], float]]) -> dict[int, float]:
+    """Chunk scores: the z-scored embedder score of every chunk, plus, for each (signal, weight) of the
+    language model, ``weight`` x the signal z-scored among the chunks it covers."""
     indices = list(embedding)
     fused = dict(zip(indices, zscores([embedding[i] for i in indices])))
-    asked = [i for i in indices if i in likelihood]
-    for index, z in zip(asked, zscores([likelihood[i] for i in asked])):
-        fused[index] += likelihood_weight * z
+    for signal, weight in signals:
+        asked = [i for i in indices if i in signal]
+        for index, z in zip(asked, zscores([signal[i] for i in asked])):
+            fused[index] += weight * z
     return fused
 
 
@@ -135,3 +137,50 @@ def model_view(tokens: ChunkTokens, sentences: ChunkSentences, window: int) -> C
     first = next((t for t, (start, _) in enumerate(tokens.offsets) if start >= span.start), 0)
     low = max(0, min(first - window // 4, len(tokens.ids) - window))
     return ChunkTokens(tokens.ids[low : low + window], tokens.offsets[low : low + window])
+
+
+def header_view(text: str, tokens: ChunkTokens, limit: int) -> tuple[ChunkTokens, str] | None:
+    """What the language model reads of a code chunk: its header (``segment.code_header``), at most
+    its last ``limit`` tokens, so that the signature itself is never cut; and the header's text.
+    None for a chunk that defines no function or class near its start."""
+    header = segment.code_header(text)
+    if header is None:
+        return None
+    end = next((t for t, (start, _) in enumerate(tokens.offsets) if start >= header.end), len(tokens.ids))
+    first = max(0, end - limit)
+    return ChunkTokens(tokens.ids[first:end], tokens.offsets[first:end]), header.text(text)
+
+
+def documentation_suffix(header: str, query: str) -> str:
+    """The question written as the documentation of the function the header opens: a docstring
+    after a Python ``...:`` header, a comment inside a brace block otherwise. The model's
+    likelihood of it is how well the question describes what the chunk defines: the direction a
+    code model has learnt, and one a sentence embedder reading the body line by line misses."""
+    last = header.rstrip().rsplit("\n", 1)[-1]
+    indent = last[: len(last) - len(last.lstrip())] + "    "
+    if header.rstrip().endswith(":"):
+        return f'\n{indent}"""{query}"""'
+    return f"\n{indent}// {query}"
+
+
+def readings(query: str, order: Sequence[int], texts: Sequence[str], tokens: Sequence[ChunkTokens],
+             sentences: Mapping[int, ChunkSentences], candidates: int, window: int,
+             documented: int) -> tuple[dict[int, tuple[ChunkTokens, str]], set[int]]:
+    """What the model reads, chunk -> (view, suffix), taking chunks in the embedder's ``order``: the
+    first ``documented`` code chunks with a header, read as their header and the question as its
+    documentation; and the first ``candidates`` other chunks, read as ``model_view`` and the
+    question. Also the set of the documented chunks."""
+    chosen: dict[int, tuple[ChunkTokens, str]] = {}
+    headers: set[int] = set()
+    prose = 0
+    for index in order:
+        if len(headers) >= documented and prose >= candidates:
+            break
+        header = header_view(texts[index], tokens[index], HEADER_TOKENS) if len(headers) < documented else None
+        if header is not None:
+            chosen[index] = (header[0], documentation_suffix(header[1], query))
+            headers.add(index)
+        elif prose < candidates and (documented == 0 or segment.code_header(texts[index]) is None):
+            chosen[index] = (model_view(tokens[index], sentences[index], window), question_suffix(query))
+            prose += 1
+    return chosen, headers

@@ -1,7 +1,10 @@
 """What the engine tells the compressor about each chunk, in two batched passes.
 
-Pass 1 (every chunk): continuation ``chunk + "\\n\\nQuestion: q"`` after the instruction prefix.
-  - relevance: mean log-probability of the question tokens given the chunk (LongLLMLingua's
+Pass 1 (the chunks the pipeline asks about): continuation ``view + suffix`` after the instruction
+prefix, where the view is what the model reads of the chunk and the suffix states the question
+(``question_suffix``: ``"\\n\\nQuestion: q"``; code headers get the question as their documentation,
+see ``relevance.documentation_suffix``).
+  - relevance: mean log-probability of the suffix tokens given the view (LongLLMLingua's
     coarse signal: a chunk that explains the question makes it likely);
   - ``logp_plain``, only when the contrastive score needs it: each chunk token's log-probability
     without the question.
@@ -25,6 +28,10 @@ from engine.api import StopCheck
 
 QUESTION_SUFFIX = "\n\nQuestion: {query}"
 QUESTION_PREFIX = "Question: {query}\n\n"
+
+
+def question_suffix(query: str) -> str:
+    return QUESTION_SUFFIX.format(query=query)
 
 
 @dataclass
@@ -61,25 +68,25 @@ class SignalScorer:
                          f"{self.engine.context_length} tokens and leave no room for context")
         return room
 
-    def coarse(self, groups: list[tuple[list[ChunkTokens], str]], instruction: str, plain: bool,
+    def coarse(self, readings: list[tuple[ChunkTokens, str]], instruction: str, plain: bool,
                stop: StopCheck | None = None) -> None:
-        """Pass 1 over (chunks, query) groups sharing one instruction, in one batched call: relevance
-        for every chunk, and its question-free log-probabilities if ``plain`` (otherwise only the
-        question tokens go through the vocabulary projection). Groups are the chunks of different
-        requests: batching them shares forward passes across requests."""
+        """Pass 1 over (view, suffix) readings sharing one instruction, in one batched call: each
+        view's relevance (the mean log-probability of its suffix; 0 for an empty suffix), and its
+        suffix-free log-probabilities if ``plain`` (otherwise only the suffix tokens go through the
+        vocabulary projection). Readings may come from different requests: batching them shares
+        forward passes across requests."""
         prefix = self._prefix(instruction, None)
-        items = []
-        for chunks, query in groups:
-            question = self.engine.encode(QUESTION_SUFFIX.format(query=query)) if query else []
-            items += [(chunk, question) for chunk in chunks]
-        longest_question = max((len(q) for _, q in items), default=0)
-        room = self._room(prefix, [0] * longest_question)
+        encoded: dict[str, list[int]] = {}
+        items = [(view, encoded.setdefault(suffix, self.engine.encode(suffix) if suffix else []))
+                 for view, suffix in readings]
+        longest_suffix = max((len(s) for _, s in items), default=0)
+        room = self._room(prefix, [0] * longest_suffix)
         rows, owners = [], []
-        for index, (chunk, question) in enumerate(items):
-            for start, end in _windows(chunk.ids, room):
-                rows.append(chunk.ids[start:end] + question)
+        for index, (view, suffix) in enumerate(items):
+            for start, end in _windows(view.ids, room):
+                rows.append(view.ids[start:end] + suffix)
                 owners.append((index, end - start))
-        tail = None if plain or not longest_question else longest_question
+        tail = None if plain or not longest_suffix else longest_suffix
         scores = self.engine.score(prefix, rows, entropy=False, tail=tail, stop=stop)
         logp_plain: list[list[torch.Tensor]] = [[] for _ in items]
         best = [float("-inf")] * len(items)
@@ -87,9 +94,9 @@ class SignalScorer:
             logp_plain[index].append(scored.logprobs[:length])
             if items[index][1]:
                 best[index] = max(best[index], scored.logprobs[length:].mean().item())
-        for index, (chunk, question) in enumerate(items):
-            chunk.logp_plain = torch.cat(logp_plain[index]) if logp_plain[index] else torch.empty(0)
-            chunk.relevance = best[index] if question else 0.0
+        for index, (view, suffix) in enumerate(items):
+            view.logp_plain = torch.cat(logp_plain[index]) if logp_plain[index] else torch.empty(0)
+            view.relevance = best[index] if suffix else 0.0
 
     def plain(self, chunks: list[ChunkTokens], instruction: str, stop: StopCheck | None = None) -> None:
         """Question-free log-probabilities, for chunks whose coarse pass did not keep them."""

@@ -97,3 +97,23 @@ def is_signature(line: str) -> bool:
     """A function/class header or decorator: kept whenever its chunk is kept."""
     line = line.lstrip("\n")
     return len(line) <= _SIGNATURE_MAX_CHARS and bool(_SIGNATURE.match(line))
+
+
+_HEADER_LINES = 12  # a code chunk's header is looked for in its first lines only
+_CONTINUATION_LINES = 4  # a signature may wrap over this many further lines
+
+
+def code_header(text: str) -> Span | None:
+    """The chunk's opening through its first function or class signature (decorators, a file path
+    line and a wrapped parameter list included): what the chunk defines. None when no signature
+    starts within its first lines."""
+    units = lines(text)[:_HEADER_LINES]
+    for position, span in enumerate(units):
+        line = span.text(text).lstrip("\n")
+        if not is_signature(line) or line.lstrip().startswith("@"):
+            continue
+        for end in units[position : position + 1 + _CONTINUATION_LINES]:
+            if end.text(text).rstrip().endswith((":", "{")):
+                return Span(0, end.end)
+        return Span(0, span.end)
+    return None
