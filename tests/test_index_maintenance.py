@@ -1,5 +1,5 @@
 """The embedded store's upkeep: log compaction keeps every live document and survives a kill after each
-of its steps; a snapshot lets writes through while it copies."""
+of its steps; a snapshot lets writes through while it copies; so does a search scanning in slices."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 from test_index import RIVERS
 
 from compressor.embedding import Embedder
+from compressor.retrieval import scan
 from compressor.retrieval import snapshot as snapshot_module
+from compressor.retrieval import store as store_module
 from compressor.retrieval.store import Document, IndexStore, rebuild
 
 REPLACED = [Document("seine", f"The Seine, edition {n}, flows through Paris to Le Havre.", {"lang": "en"})
@@ -113,3 +115,74 @@ def test_writes_go_through_while_a_snapshot_copies(tmp_path: Path, embedder: Emb
     reopened = IndexStore(tmp_path, embedder)  # snapshot, then the two writes replayed from the log
     assert documents(reopened) == expected and "alps" not in expected and "loire" in expected
     reopened.close()
+
+
+def many_passages(count: int) -> list[Document]:
+    topics = ["harbour lights", "copper mining", "river ferries", "mountain passes", "glass blowing"]
+    return [Document(f"p{n}", f"Passage {n} is about {topics[n % len(topics)]} in town number {n}.",
+                     {"topic": topics[n % len(topics)].split()[0]}) for n in range(count)]
+
+
+def test_a_search_in_slices_finds_what_a_whole_search_finds(tmp_path: Path, embedder: Embedder,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
+    store.upsert("wiki", many_passages(300))
+    store.delete("wiki", [f"p{n}" for n in range(0, 300, 7)])  # tombstones in every slice
+    whole = store.search("wiki", "ferries crossing the river", 10)
+    monkeypatch.setattr(store_module, "SEARCH_SLICE_ROWS", 32)
+    sliced = store.search("wiki", "ferries crossing the river", 10)
+    assert [(h.document_id, round(h.score, 5)) for h in sliced] == [(h.document_id, round(h.score, 5)) for h in whole]
+    assert all(int(h.document_id[1:]) % 7 for h in sliced)
+    store.close(snapshot=False)
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_writes_go_through_while_a_search_scans(tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch,
+                                                compacted: bool) -> None:
+    """A search paused between two slices, its lock released: an upsert and a delete complete
+    meanwhile (and, in one run, the vectors are compacted, moving every row), and the search's result
+    is the state at its end (the deleted document gone, the new one found)."""
+    store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
+    store.upsert("wiki", many_passages(200))
+    query = "ferries crossing the river"
+    before = store.search("wiki", query, 5)
+    scanned, scanning, written = threading.Event(), threading.Event(), threading.Event()
+    plain = scan._candidates
+
+    def candidates(*args):
+        scanned.set()
+        return plain(*args)
+
+    class PausingLock:
+        """The store's lock; the searching thread pauses once, just after its first slice let go of it."""
+
+        def __init__(self, lock) -> None:
+            self.lock = lock
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            if threading.current_thread() is searching and scanned.is_set() and not scanning.is_set():
+                scanning.set()
+                assert written.wait(30), "a write waited for the search"
+
+    monkeypatch.setattr(store_module, "SEARCH_SLICE_ROWS", 64)
+    monkeypatch.setattr(scan, "_candidates", candidates)
+    monkeypatch.setattr(store, "_lock", PausingLock(store._lock))
+    result: list = []
+    searching = threading.Thread(target=lambda: result.append(store.search("wiki", query, 5)))
+    searching.start()
+    assert scanning.wait(30)
+    store.upsert("wiki", [Document("ferry", "River ferries crossing the river carry people across.")])
+    store.delete("wiki", [before[0].document_id])
+    if compacted:
+        with store._lock:
+            store.namespaces["wiki"].vectors.compact()
+    written.set()
+    searching.join(30)
+    found = [h.document_id for h in result[0]]
+    assert len(found) == 5 and before[0].document_id not in found and "ferry" in found
+    assert found == [h.document_id for h in store.search("wiki", query, 5)]
+    store.close(snapshot=False)

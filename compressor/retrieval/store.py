@@ -5,7 +5,8 @@ returns; the record carries the vectors, so replaying it needs no embedder and g
 state. Snapshots (``snapshot.py``: every ``snapshot_every`` records in a background thread, and on
 close) write the indexes and metadata beside the running store, holding its lock only for short
 moments; ``CURRENT`` names the live snapshot and the log, and is replaced atomically. On open: the
-snapshot is checked and loaded, then the log records after it are replayed. Upsert replaces a
+snapshot is checked and loaded, then the log records after it are replayed. A search of a large
+exact namespace holds the lock one slice of rows at a time (``scan.py``). Upsert replaces a
 document with the same id, so a replayed or retried upsert never leaves a document twice.
 
 The log stays small: when it outgrows the live data (``compact_ratio``), it is rewritten as the
@@ -44,6 +45,7 @@ from compressor.retrieval.contract import (
 )
 from compressor.retrieval.errors import IndexCorrupt, NamespaceNotFound
 from compressor.retrieval.namespace import Namespace
+from compressor.retrieval.scan import search_in_slices
 from compressor.retrieval.snapshot import (
     FORMAT,
     Capture,
@@ -57,7 +59,7 @@ from compressor.retrieval.snapshot import (
     switch,
 )
 from compressor.retrieval.snapshot import write as write_snapshot
-from compressor.retrieval.vectors import IndexSpec, VectorIndex
+from compressor.retrieval.vectors import SEARCH_SLICE_ROWS, IndexSpec, VectorIndex
 from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_dir, scan, verify
 
 log = logging.getLogger("focal")
@@ -308,15 +310,29 @@ class IndexStore:
         with self._lock:
             space = self._get(name)
             self._check_embedder(space)
+            vectors, index = space.vectors, space.vectors.index
+            sliced = not where and index.ntotal > SEARCH_SLICE_ROWS and vectors.scans_rows()
+        if sliced:
+            hits = search_in_slices(
+                self._lock, lambda: self.namespaces.get(name) is space and space.vectors is vectors
+                and vectors.index is index, vectors, vector, top_k, SEARCH_SLICE_ROWS, space.chunks.__contains__,
+                lambda best: self._hits(space, best))
+            if hits is not None:
+                return hits
+        with self._lock:  # one search under the lock: filtered, graph or IVF indexes, or the index changed
+            space = self._get(name)
+            self._check_embedder(space)
             allowed = space.allowed(where) if where else None
             scores, ids = space.vectors.search(vector, top_k, allowed)
-            hits = []
-            for score, chunk_id in zip(scores[0], ids[0]):
-                if chunk_id < 0:
-                    continue
-                doc_id, ordinal, text = space.chunks[int(chunk_id)]
-                hits.append(Hit(doc_id, ordinal, text, float(score), dict(space.documents[doc_id].metadata)))
-            return hits
+            return self._hits(space, [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0])
+
+    @staticmethod
+    def _hits(space: Namespace, best: list[tuple[float, int]]) -> list[Hit]:
+        hits = []
+        for score, chunk_id in best:
+            doc_id, ordinal, text = space.chunks[chunk_id]
+            hits.append(Hit(doc_id, ordinal, text, score, dict(space.documents[doc_id].metadata)))
+        return hits
 
     def stats(self) -> dict:
         with self._lock:

@@ -12,7 +12,9 @@ from its lists. So until compaction a flat index only grows at its end: a snapsh
 rows a slice at a time (``rows``) without holding the store's lock for the whole copy.
 
 Exact search of a few queries runs as one BLAS matrix product over FAISS's own vector storage:
-FAISS's flat search parallelises over queries, so a single query would use one core only.
+FAISS's flat search parallelises over queries, so a single query would use one core only. The
+same append-only storage lets a search scan a slice of rows at a time (``search_rows``), so that
+the store holds its lock for one slice, not for a scan of a million rows.
 
 A metadata filter arrives as the set of allowed ids. When it is small, the allowed vectors are
 scored exactly (an approximate index with a restrictive filter can miss the few that pass).
@@ -28,6 +30,7 @@ import numpy as np
 TRAIN_PER_LIST = 39  # FAISS's own minimum of training points per centroid
 EXACT_FILTER_LIMIT = 4096  # allowed sets up to this size are scored exactly
 SMALL_BATCH = 20  # fewer queries than this: exact search as one BLAS product (FAISS's own threshold)
+SEARCH_SLICE_ROWS = 1 << 16  # rows a search scans per slice (~100 MB of 384-dim vectors)
 KINDS = ("flat", "ivf", "hnsw")
 
 
@@ -155,10 +158,8 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
             return self._search_exact(queries, k, allowed)
-        if allowed is None and self.append_only and len(queries) < SMALL_BATCH:
-            dead = self._tombstone_rows()
-            if dead is not None:
-                return self._search_flat(queries, k, dead)
+        if allowed is None and len(queries) < SMALL_BATCH and self.scans_rows():
+            return self.search_rows(queries, k, 0, self.index.ntotal)
         selector = None
         if allowed is not None:
             selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
@@ -189,14 +190,25 @@ class VectorIndex:
             self._dead_positions = positions
         return self._dead_positions
 
-    def _search_flat(self, queries: np.ndarray, k: int, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def scans_rows(self) -> bool:
+        """Whether exact search can scan storage rows directly (``search_rows``): an append-only
+        index whose tombstones' rows are known."""
+        return self.append_only and self._tombstone_rows() is not None
+
+    def search_rows(self, queries: np.ndarray, k: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search among storage rows ``[start, stop)`` only, tombstones skipped (needs
+        ``scans_rows``): the whole search, or one slice of it. Scores and ids as ``search``."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         flat = faiss.downcast_index(self.index.index)
-        count = flat.ntotal
+        stop = min(stop, flat.ntotal)
+        count = max(0, stop - start)
+        dead = self._tombstone_rows()
+        dead = dead[(dead >= start) & (dead < stop)] - start
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         if count - len(dead) <= 0:
             return scores, ids
-        stored = faiss.rev_swig_ptr(flat.get_xb(), count * self.dim).reshape(count, self.dim)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), stop * self.dim).reshape(stop, self.dim)[start:stop]
         similarity = queries @ stored.T
         similarity[:, dead] = -np.inf
         taken = min(k, count - len(dead))
@@ -204,7 +216,7 @@ class VectorIndex:
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1), axis=1)
         scores[:, :taken] = np.take_along_axis(similarity, top, axis=1)
         id_map = self.index.id_map
-        ids[:, :taken] = [[id_map.at(int(position)) for position in row] for row in top]
+        ids[:, :taken] = [[id_map.at(start + int(position)) for position in row] for row in top]
         return scores, ids
 
     def _search_exact(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
