@@ -12,6 +12,7 @@ namespace), the caller searches again, whole, under its lock.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -47,6 +48,7 @@ def search_in_slices(lock: threading.RLock, unchanged: Callable[[], bool], vecto
             if not unchanged():
                 return None
             found.append((start, stop, _candidates(vectors, query, wanted, start, stop)))
+        time.sleep(0)  # let a waiting writer take the lock: a released lock is not handed to its waiter
     with lock:
         if not unchanged():
             return None
