@@ -15,6 +15,7 @@ from compressor.embedding import Embedder
 from compressor.retrieval import scan
 from compressor.retrieval import snapshot as snapshot_module
 from compressor.retrieval import store as store_module
+from compressor.retrieval import wal as wal_module
 from compressor.retrieval.store import Document, IndexStore, rebuild
 
 REPLACED = [Document("seine", f"The Seine, edition {n}, flows through Paris to Le Havre.", {"lang": "en"})
@@ -185,4 +186,32 @@ def test_writes_go_through_while_a_search_scans(tmp_path: Path, embedder: Embedd
     found = [h.document_id for h in result[0]]
     assert len(found) == 5 and before[0].document_id not in found and "ferry" in found
     assert found == [h.document_id for h in store.search("wiki", query, 5)]
+    store.close(snapshot=False)
+
+
+def test_searches_go_on_while_a_write_waits_for_its_fsync(tmp_path: Path, embedder: Embedder,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write paused in its log fsync: a search completes meanwhile and does not see the write; once the
+    write returns, searches see it."""
+    store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
+    store.upsert("wiki", RIVERS)
+    syncing, searched = threading.Event(), threading.Event()
+    plain_fsync = wal_module.os.fsync
+
+    def fsync_and_wait(fd: int) -> None:
+        plain_fsync(fd)
+        if threading.current_thread() is writing and not syncing.is_set():
+            syncing.set()
+            assert searched.wait(30), "a search waited for a write's fsync"
+
+    monkeypatch.setattr(wal_module.os, "fsync", fsync_and_wait)
+    writing = threading.Thread(target=store.upsert, args=("wiki", [Document("loire", "The Loire is the longest "
+                                                                                     "river of France.")]))
+    writing.start()
+    assert syncing.wait(30)
+    during = [h.document_id for h in store.search("wiki", "longest river of France", 3)]
+    searched.set()
+    writing.join(30)
+    assert "loire" not in during
+    assert store.search("wiki", "longest river of France", 1)[0].document_id == "loire"
     store.close(snapshot=False)

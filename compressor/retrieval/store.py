@@ -1,8 +1,9 @@
 """The durable document index: namespaces of chunked, embedded documents with metadata.
 
 Durability: every Upsert and Delete is one record in the write-ahead log, fsynced before the call
-returns; the record carries the vectors, so replaying it needs no embedder and gives the same
-state. Snapshots (``snapshot.py``: every ``snapshot_every`` records in a background thread, and on
+returns and before searches can see it (writes take turns on their own lock; the fsync does not
+hold the lock searches take); the record carries the vectors, so replaying it needs no embedder
+and gives the same state. Snapshots (``snapshot.py``: every ``snapshot_every`` records in a background thread, and on
 close) write the indexes and metadata beside the running store, holding its lock only for short
 moments; ``CURRENT`` names the live snapshot and the log, and is replaced atomically. On open: the
 snapshot is checked and loaded, then the log records after it are replayed. A search of a large
@@ -93,7 +94,8 @@ class IndexStore:
         self.snapshot_seq = 0
         self.snapshot_bytes = 0
         self.last_snapshot: dict = {}
-        self._lock = threading.RLock()  # the in-memory state and the log
+        self._lock = threading.RLock()  # the in-memory state (and the log's name and applied end)
+        self._writing = threading.Lock()  # one write at a time, in log order; taken before ``_lock``
         self._maintaining = threading.Lock()  # one snapshot or compaction at a time
         self._maintainer: threading.Thread | None = None
         self._lock_file = self._acquire()
@@ -110,6 +112,7 @@ class IndexStore:
             covered = verify(self.root / self.wal_name, wal_start)
             self._replay(wal_start)
             self.wal = WriteAheadLog(self.root / self.wal_name, start=self._replayed_to)
+            self.applied_end = self.wal.end  # the log's end as far as the in-memory state has applied it
         except LogCorrupt as exc:
             self._lock_file.close()
             raise IndexCorrupt(f"{exc}. Acknowledged writes may be damaged; nothing was changed. Run `focal index "
@@ -222,12 +225,17 @@ class IndexStore:
         self.seq = header["seq"]
 
     def _commit(self, header: dict, body: bytes = b"") -> None:
-        """Log (fsync), then apply: the caller's acknowledgement follows a durable record."""
-        header["seq"] = self.seq + 1
+        """Log (fsync), then apply: the caller's acknowledgement follows a durable record. The caller
+        holds ``_writing`` (not ``_lock``) and made ``header`` from the state under ``_lock``; no other
+        write can come between. The fsync runs outside ``_lock``, so searches and snapshot slices go
+        on meanwhile, and they see the write only once it is durable."""
         self.wal.append(header, body)
-        self._apply(Record(header, body, self.wal.end))
-        if self.seq - self.snapshot_seq >= self.snapshot_every:
-            self.maintain_in_background()
+        end = self.wal.end
+        with self._lock:
+            self._apply(Record(header, body, end))
+            self.applied_end = end
+            if self.seq - self.snapshot_seq >= self.snapshot_every:
+                self.maintain_in_background()
 
     def maintain_in_background(self) -> None:
         """Start a snapshot (then a log compaction if the log has outgrown the live data) in a background
@@ -278,22 +286,25 @@ class IndexStore:
         embedder = require_embedder(self.embedder)
         vectors = embedder.embed([c for chunks in chunked for c in chunks], progress=progress)
         docs = [{"id": d.id, "metadata": dict(d.metadata), "chunks": c} for d, c in zip(documents, chunked)]
-        with self._lock:
-            if name in self.namespaces:
-                self._check_embedder(self.namespaces[name])
-            self._commit({"op": "upsert", "ns": name, "dim": embedder.dim, "embedder": embedder.name,
-                          "first_id": self.next_id, "docs": docs}, vectors.tobytes())
+        with self._writing:
+            with self._lock:
+                if name in self.namespaces:
+                    self._check_embedder(self.namespaces[name])
+                header = {"op": "upsert", "ns": name, "dim": embedder.dim, "embedder": embedder.name,
+                          "first_id": self.next_id, "docs": docs, "seq": self.seq + 1}
+            self._commit(header, vectors.tobytes())
         return len(documents), len(vectors)
 
     def delete(self, namespace: str, ids: list[str]) -> int:
         """Delete documents by id; returns how many existed. Durable when it returns."""
         name = checked_namespace(namespace)
         check_ids(ids)
-        with self._lock:
-            space = self._get(name)
-            present = [i for i in dict.fromkeys(ids) if i in space.documents]
+        with self._writing:
+            with self._lock:
+                space = self._get(name)
+                present = [i for i in dict.fromkeys(ids) if i in space.documents]
             if present:
-                self._commit({"op": "delete", "ns": name, "ids": present})
+                self._commit({"op": "delete", "ns": name, "ids": present, "seq": self.seq + 1})
             return len(present)
 
     def _get(self, name: str) -> Namespace:
@@ -376,7 +387,7 @@ class IndexStore:
         for space in self.namespaces.values():
             if space.vectors.needs_compaction():
                 space.vectors.compact()
-        return capture(self.namespaces, self.seq, self.next_id, self.wal_name, self.wal.end), \
+        return capture(self.namespaces, self.seq, self.next_id, self.wal_name, self.applied_end), \
             time.perf_counter() - started
 
     def _write_snapshot(self, taken: Capture, capture_seconds: float) -> None:
@@ -402,13 +413,14 @@ class IndexStore:
             base_end = write_base_log(path, folder, manifest)
             if step:
                 step("written")
-            with self._lock:
+            with self._writing, self._lock:
                 compacted = WriteAheadLog(path, start=base_end)
                 old = self.root / self.wal_name
                 copy_tail(old, pointer["wal_offset"], self.wal.end, compacted)
                 switch(self.root, {**pointer, "wal": name, "wal_offset": base_end})
                 self.wal.close()
                 self.wal, self.wal_name = compacted, name
+                self.applied_end = compacted.end
                 if step:
                     step("switched")
             old.unlink()
@@ -422,7 +434,7 @@ class IndexStore:
         self.settle()
         if snapshot and hasattr(self, "wal"):
             self.snapshot()
-        with self._lock:
+        with self._writing, self._lock:
             if hasattr(self, "wal"):
                 self.wal.close()
             self._lock_file.close()
