@@ -157,12 +157,9 @@ def _module_file(thing: object) -> Path:
 
 
 def read_by_model(s: Signals, tuning: Tuning, order: list[int]) -> tuple[list[int], list[int]]:
-    """The chunks the pipeline has the model read (``relevance.readings``): prose candidates, and
-    documented code headers."""
-    documented = [i for i in order if i in s.documentation][: tuning.documented] \
-        if tuning.documentation_weight else []
-    prose = [i for i in order if not (documented and i in s.documentation)][: tuning.candidates]
-    return prose, documented
+    """The chunks the pipeline has the model read: prose candidates, and documented code headers."""
+    return relevance.model_reads(order, s.documentation.__contains__, tuning.candidates,
+                                 tuning.documented if tuning.documentation_weight else 0)
 
 
 def replay(s: Signals, tuning: Tuning, budget: int, threshold: float | None = None) -> str:

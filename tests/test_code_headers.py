@@ -41,7 +41,9 @@ def test_the_documentation_follows_the_language():
 
 def test_a_long_header_keeps_its_signature():
     text = "# " + "padding " * 20 + "\ndef target(a, b):\n    return a + b\n"
-    view, header = relevance.header_view(text, tokens_of(text), 16)
+    span = segment.code_header(text)
+    header = span.text(text)
+    view = relevance.header_view(text, tokens_of(text), span, 16)
     assert header.endswith("def target(a, b):")
     assert len(view.ids) == 16 and view.offsets[-1][1] == len(header)
 

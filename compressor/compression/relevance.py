@@ -13,7 +13,7 @@ one request, so that weights tuned on one set of questions carry to another.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -139,16 +139,12 @@ def model_view(tokens: ChunkTokens, sentences: ChunkSentences, window: int) -> C
     return ChunkTokens(tokens.ids[low : low + window], tokens.offsets[low : low + window])
 
 
-def header_view(text: str, tokens: ChunkTokens, limit: int) -> tuple[ChunkTokens, str] | None:
-    """What the language model reads of a code chunk: its header (``segment.code_header``), at most
-    its last ``limit`` tokens, so that the signature itself is never cut; and the header's text.
-    None for a chunk that defines no function or class near its start."""
-    header = segment.code_header(text)
-    if header is None:
-        return None
+def header_view(text: str, tokens: ChunkTokens, header: segment.Span, limit: int) -> ChunkTokens:
+    """What the language model reads of a code chunk: its ``header`` (``segment.code_header``), at
+    most its last ``limit`` tokens, so that the signature itself is never cut."""
     end = next((t for t, (start, _) in enumerate(tokens.offsets) if start >= header.end), len(tokens.ids))
     first = max(0, end - limit)
-    return ChunkTokens(tokens.ids[first:end], tokens.offsets[first:end]), header.text(text)
+    return ChunkTokens(tokens.ids[first:end], tokens.offsets[first:end])
 
 
 def documentation_suffix(header: str, query: str) -> str:
@@ -163,24 +159,26 @@ def documentation_suffix(header: str, query: str) -> str:
     return f"\n{indent}// {query}"
 
 
+def model_reads(order: Sequence[int], has_header: Callable[[int], bool], candidates: int,
+                documented: int) -> tuple[list[int], list[int]]:
+    """Which chunks the model reads, taking them in the embedder's ``order``: the first
+    ``candidates`` prose chunks, and the first ``documented`` code chunks with a header (with
+    ``documented`` 0, code chunks count as prose). Returns (prose, documented)."""
+    headers = [i for i in order if has_header(i)][:documented] if documented else []
+    prose = [i for i in order if not (documented and has_header(i))][:candidates]
+    return prose, headers
+
+
 def readings(query: str, order: Sequence[int], texts: Sequence[str], tokens: Sequence[ChunkTokens],
              sentences: Mapping[int, ChunkSentences], candidates: int, window: int,
              documented: int) -> tuple[dict[int, tuple[ChunkTokens, str]], set[int]]:
-    """What the model reads, chunk -> (view, suffix), taking chunks in the embedder's ``order``: the
-    first ``documented`` code chunks with a header, read as their header and the question as its
-    documentation; and the first ``candidates`` other chunks, read as ``model_view`` and the
-    question. Also the set of the documented chunks."""
-    chosen: dict[int, tuple[ChunkTokens, str]] = {}
-    headers: set[int] = set()
-    prose = 0
-    for index in order:
-        if len(headers) >= documented and prose >= candidates:
-            break
-        header = header_view(texts[index], tokens[index], HEADER_TOKENS) if len(headers) < documented else None
-        if header is not None:
-            chosen[index] = (header[0], documentation_suffix(header[1], query))
-            headers.add(index)
-        elif prose < candidates and (documented == 0 or segment.code_header(texts[index]) is None):
-            chosen[index] = (model_view(tokens[index], sentences[index], window), question_suffix(query))
-            prose += 1
-    return chosen, headers
+    """What the model reads (``model_reads``), chunk -> (view, suffix): a prose chunk as
+    ``model_view`` and the question, a code chunk as its header and the question as its
+    documentation. Also the set of the documented chunks."""
+    spans = {i: segment.code_header(texts[i]) for i in order} if documented else {}
+    prose, headers = model_reads(order, lambda i: spans.get(i) is not None, candidates, documented)
+    chosen = {i: (model_view(tokens[i], sentences[i], window), question_suffix(query)) for i in prose}
+    for i in headers:
+        chosen[i] = (header_view(texts[i], tokens[i], spans[i], HEADER_TOKENS),
+                     documentation_suffix(spans[i].text(texts[i]), query))
+    return chosen, set(headers)
