@@ -1,15 +1,16 @@
 """The embedded store under load: how long a snapshot stalls writes and searches, and how big the log stays.
 
 For each size (10^5 and 10^6 chunks): a data directory is filled by writing the store's own upsert
-records (one single-chunk document each, synthetic unit vectors under the default embedder's name
+records (one single-chunk document per upsert, synthetic unit vectors under the default embedder's name
 and width; embedding 10^6 passages would take hours here), then opened (the log is replayed). Then
 one thread upserts one short document at a time through ``IndexStore.upsert`` (the real embedder)
-and another searches, while the store takes a snapshot in its background thread. The stall is the
-longest single write (or search) that overlapped the snapshot, shown beside the longest outside it
-in the same run, and the longest time the snapshot held the store's lock (the part of a stall
-that is waiting for the snapshot; a write may also wait for one slice of a search, ``scan.py``; the
-rest is sharing the CPU with them). The target (``snapshot_max_stall_ms``) is the longest write: a
-search of 10^6 rows is a scan of 1.5 GB, slower while the snapshot copies, but it holds nobody up.
+and another searches, while the store takes a snapshot in the background as it does in service
+(a forked child process writes it, ``compressor/retrieval/child.py``). The stall is the longest
+single write (or search) that overlapped the snapshot, shown beside the longest outside it in the
+same run, and the longest time the snapshot held the store's lock (the fork; a write may also wait
+for one slice of a search, ``scan.py``; the rest is sharing the CPU with them). The target
+(``snapshot_max_stall_ms``) is the longest write: a search of 10^6 rows is a scan of 1.5 GB,
+slower while the snapshot writes, but it holds nobody up.
 
 Log compaction: half the documents are replaced and a tenth deleted (records again), so the log
 holds the dead versions too; then ``IndexStore.compact_log`` rewrites it. Live data = the live
@@ -148,7 +149,7 @@ def measure(size: int, embedder: Embedder) -> dict:
             time.sleep(3)
         figures["snapshot_s"] = round(window[1] - window[0], 2)
         figures["longest_lock_hold_ms"] = store.last_snapshot["longest_lock_hold_ms"]
-        figures["capture_ms"] = store.last_snapshot["capture_ms"]
+        figures["fork_ms"] = store.last_snapshot["fork_ms"]
         for kind in ("write", "search"):
             figures[f"{kind}_max_stall_ms"] = round(load.longest(kind, window, True), 1)
             figures[f"{kind}_max_outside_ms"] = round(load.longest(kind, window, False), 1)
@@ -202,15 +203,15 @@ def main() -> None:
             for n, f in sizes.items()]
     markdown = "\n".join([
         "# The embedded store: snapshot stalls and log compaction", "",
-        "A writer (one single-chunk document per upsert, real embedder) and a searcher run throughout; the",
-        "store takes a snapshot in its background thread in the middle. Stall = the longest call that overlapped",
-        "the snapshot; beside it the longest call outside the snapshot and the median, all in ms. The longest lock",
-        "hold is how long the snapshot kept writes and searches waiting at most (a write may also wait for one",
-        "slice of a search); the rest of a stall is the",
-        f"{os.cpu_count()} cores shared with the snapshot's copying, hashing and encoding. The target is the longest",
-        "write during the snapshot (under 100 ms at 10^6 chunks). Log sizes are over the",
-        "live documents' bytes (vectors, texts, ids, metadata) after replacing half the documents and deleting a",
-        "tenth.", "",
+        "A writer (one single-chunk document per upsert, real embedder) and a searcher run throughout; in the",
+        "middle the store takes a snapshot in the background, written by a forked child process at the lowest",
+        "priority. Stall = the longest call that overlapped the snapshot; beside it the longest call outside the",
+        "snapshot and the median, all in ms. The longest lock hold is how long the snapshot kept writes and",
+        "searches waiting at most (the fork, which makes the child's picture consistent); a write may also wait",
+        f"for one slice of a search, and the rest of a stall is the {os.cpu_count()} cores shared with the child.",
+        "The target is the longest write during the snapshot (under 100 ms at 10^6 chunks). Log sizes are over",
+        "the live documents' bytes (vectors, texts, ids, metadata) after replacing half the documents and",
+        "deleting a tenth.", "",
         markdown_table(["chunks", "snapshot s", "longest lock hold ms", "write: stall / max outside / median",
                         "search: stall / max outside / median", "log / live before", "log / live after",
                         "compaction s"], rows)])

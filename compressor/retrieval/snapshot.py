@@ -159,12 +159,16 @@ def data_bytes(manifest: dict) -> int:
     return sum(f["bytes"] for entry in manifest["namespaces"].values() for f in entry["files"].values())
 
 
-def write(root: Path, taken: Capture, spec: IndexSpec, lock: threading.RLock, holds: list[float]) -> dict:
-    """Write the snapshot of ``taken`` and switch ``CURRENT`` to it; returns its manifest. The
-    caller holds no lock (``lock`` is taken per slice of rows, each hold's seconds appended to
+def staging_folder(root: Path, seq: int) -> Path:
+    """Where the snapshot as of ``seq`` is written before ``publish`` makes it live."""
+    return root / f".staging-{seq:012d}"
+
+
+def write_staging(root: Path, taken: Capture, spec: IndexSpec, lock: threading.RLock, holds: list[float]) -> dict:
+    """Write the snapshot of ``taken`` into its staging folder, durably, and return its manifest.
+    The caller holds no lock (``lock`` is taken per slice of rows, each hold's seconds appended to
     ``holds``) and runs one snapshot at a time."""
-    folder = root / f"snap-{taken.seq:012d}"
-    staging = root / f".staging-{taken.seq:012d}"
+    staging = staging_folder(root, taken.seq)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     entries = {space.name: _write_space(space, number, staging, lock, holds)
@@ -173,15 +177,29 @@ def write(root: Path, taken: Capture, spec: IndexSpec, lock: threading.RLock, ho
                 "namespaces": entries}
     _write_durably(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
     fsync_dir(staging)
+    return manifest
+
+
+def publish(root: Path, seq: int, log_name: str, log_offset: int) -> dict:
+    """Make the staged snapshot as of ``seq`` (which ends at ``log_offset`` of ``log_name``) the live
+    one, drop the older ones, and return its manifest."""
+    folder = root / f"snap-{seq:012d}"
     shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    pointer = {"snapshot": folder.name, "manifest_sha256": _sha256(folder / "manifest.json"),
-               "wal": taken.log_name, "wal_offset": taken.log_offset}
+    staging_folder(root, seq).rename(folder)
+    manifest_path = folder / "manifest.json"
+    pointer = {"snapshot": folder.name, "manifest_sha256": _sha256(manifest_path),
+               "wal": log_name, "wal_offset": log_offset}
     switch(root, pointer)
     for old in root.glob("snap-*"):
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)
-    return manifest
+    return json.loads(manifest_path.read_text())
+
+
+def write(root: Path, taken: Capture, spec: IndexSpec, lock: threading.RLock, holds: list[float]) -> dict:
+    """Write the snapshot of ``taken`` and switch ``CURRENT`` to it; returns its manifest."""
+    write_staging(root, taken, spec, lock, holds)
+    return publish(root, taken.seq, taken.log_name, taken.log_offset)
 
 
 def switch(root: Path, pointer: dict) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from compressor.embedding import Embedder
+from compressor.retrieval import child
 from compressor.retrieval.chunker import Chunking
 from compressor.retrieval.compaction import compacted_name, copy_tail, write_base_log
 from compressor.retrieval.contract import (
@@ -55,9 +56,12 @@ from compressor.retrieval.snapshot import (
     data_bytes,
     live_log_name,
     load_namespaces,
+    publish,
     read_manifest,
     read_pointer,
+    staging_folder,
     switch,
+    write_staging,
 )
 from compressor.retrieval.snapshot import write as write_snapshot
 from compressor.retrieval.vectors import SEARCH_SLICE_ROWS, IndexSpec, VectorIndex
@@ -65,7 +69,8 @@ from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_di
 
 log = logging.getLogger("focal")
 
-MAINTENANCE_NICENESS = 10  # the background snapshot thread's priority, below the request threads (0)
+MAINTENANCE_NICENESS = 10  # the background compaction thread's priority, below the request threads (0)
+CHILD_NICENESS = 19  # the snapshot writer process's: it runs on what the requests leave of the CPU
 
 
 class IndexStore:
@@ -239,30 +244,56 @@ class IndexStore:
 
     def maintain_in_background(self) -> None:
         """Start a snapshot (then a log compaction if the log has outgrown the live data) in a background
-        thread, unless one is running; ``settle`` waits for it. The picture is taken here, in the
-        caller's thread (a write that crossed ``snapshot_every`` holds the lock already): the
-        background thread runs at a lower priority, and holding the lock there could keep the
-        request threads waiting behind it."""
+        thread, unless one is running; ``settle`` waits for it. Where the system can fork, the
+        snapshot is written by a child process (``child.py``) from the store as of the fork, so it
+        shares neither the interpreter lock nor the store's lock with the requests that go on."""
         with self._lock:
             if self._maintainer is not None and self._maintainer.is_alive():
                 return
-            taken = self._capture()
-            self._maintainer = threading.Thread(target=self._maintain, args=(taken,), name="focal-index-maintenance",
-                                                daemon=True)
+            self._maintainer = threading.Thread(target=self._maintain, name="focal-index-maintenance", daemon=True)
             self._maintainer.start()
 
-    def _maintain(self, taken: tuple[Capture, float] | None) -> None:
-        # Below the threads that serve requests: on a machine with few cores the copy yields to them.
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MAINTENANCE_NICENESS)
+    def _maintain(self) -> None:
         try:
-            if taken is not None:
-                with self._maintaining:
-                    self._write_snapshot(*taken)
+            with self._maintaining:
+                if child.can_fork():
+                    self._snapshot_in_child()
+                else:
+                    self._snapshot()
+            # Below the threads that serve requests: on a machine with few cores the rewrite yields to them.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MAINTENANCE_NICENESS)
             if self.compact_ratio and self.wal.end > self.compact_ratio * max(self.snapshot_bytes, 1 << 20):
                 self.compact_log()
         except Exception:
             log.exception("index maintenance failed; the log still holds every write")
+
+    def _snapshot_in_child(self) -> None:
+        """Fork under the lock (the child's memory is then a consistent picture), let the child write
+        the staging folder, and publish it here once the child has finished."""
+        with self._lock:
+            started = time.perf_counter()
+            if not self._ready_for_snapshot():
+                return
+            seq, log_name, log_offset = self.seq, self.wal_name, self.applied_end
+            pid = child.start(self._write_staging_here, CHILD_NICENESS, (self._lock_file.fileno(),))
+            held = time.perf_counter() - started
+        try:
+            child.wait(pid)
+        except child.ChildFailed:
+            shutil.rmtree(staging_folder(self.root, seq), ignore_errors=True)
+            raise
+        manifest = publish(self.root, seq, log_name, log_offset)
+        self.snapshot_bytes = data_bytes(manifest)
+        self.snapshot_seq = seq
+        self.last_snapshot = {"seq": seq, "seconds": round(time.perf_counter() - started, 3),
+                              "longest_lock_hold_ms": round(held * 1000, 2), "fork_ms": round(held * 1000, 2),
+                              "in_child": True}
+
+    def _write_staging_here(self) -> None:
+        """The child's work: the picture and its files, from the memory as it was at the fork."""
+        taken = capture(self.namespaces, self.seq, self.next_id, self.wal_name, self.applied_end)
+        write_staging(self.root, taken, self.spec, threading.RLock(), [])
 
     def settle(self) -> None:
         """Wait for a background snapshot or compaction to finish."""
@@ -378,15 +409,22 @@ class IndexStore:
         if taken is not None:
             self._write_snapshot(*taken)
 
+    def _ready_for_snapshot(self) -> bool:
+        """False when the live snapshot is as new; else compact the namespaces' vectors that need it
+        first (the caller holds the lock)."""
+        if self.seq == self.snapshot_seq and (self.root / "CURRENT").exists():
+            return False
+        for space in self.namespaces.values():
+            if space.vectors.needs_compaction():
+                space.vectors.compact()
+        return True
+
     def _capture(self) -> tuple[Capture, float] | None:
         """The picture a snapshot writes, and the seconds taking it held the lock (which the caller
         holds); None when the live snapshot is as new."""
         started = time.perf_counter()
-        if self.seq == self.snapshot_seq and (self.root / "CURRENT").exists():
+        if not self._ready_for_snapshot():
             return None
-        for space in self.namespaces.values():
-            if space.vectors.needs_compaction():
-                space.vectors.compact()
         return capture(self.namespaces, self.seq, self.next_id, self.wal_name, self.applied_end), \
             time.perf_counter() - started
 
