@@ -141,7 +141,7 @@ def measure(size: int, embedder: Embedder) -> dict:
         figures: dict = {"chunks": size, "open_s": round(open_s, 1)}
         with Load(store) as load:
             time.sleep(3)
-            progress(f"{size}: snapshot under load, in the background thread the store uses")
+            progress(f"{size}: snapshot under load, in the background as in service (a forked child writes it)")
             started = time.perf_counter()
             store.maintain_in_background()
             store.settle()

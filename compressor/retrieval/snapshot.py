@@ -6,7 +6,9 @@ and ``manifest.json`` lists every file with its size and SHA-256. ``CURRENT`` na
 snapshot, the log it belongs to and the byte offset in that log where the snapshot ends; it is
 replaced atomically, so a crash leaves either the old picture or the new one.
 
-Writing one holds the store's lock only to take a ``Capture``: the sequence number, a shallow copy
+In the background a forked child writes the staging folder from the store as it was at the fork
+(``child.py``) and the store publishes it when the child is done. In-process (on close, on
+rebuild), writing one holds the store's lock only to take a ``Capture``: the sequence number, a shallow copy
 of each namespace's documents (entries are never changed in place) and its tombstones. A flat
 index only grows at its end until it is compacted, so its rows are then copied a slice at a time,
 each slice under the lock, and written with the lock released (``ns-<n>.ids`` and

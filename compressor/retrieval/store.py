@@ -3,9 +3,10 @@
 Durability: every Upsert and Delete is one record in the write-ahead log, fsynced before the call
 returns and before searches can see it (writes take turns on their own lock; the fsync does not
 hold the lock searches take); the record carries the vectors, so replaying it needs no embedder
-and gives the same state. Snapshots (``snapshot.py``: every ``snapshot_every`` records in a background thread, and on
-close) write the indexes and metadata beside the running store, holding its lock only for short
-moments; ``CURRENT`` names the live snapshot and the log, and is replaced atomically. On open: the
+and gives the same state. Snapshots (``snapshot.py``) write the indexes and metadata beside the
+running store: every ``snapshot_every`` records in the background, by a forked child process that
+holds the store's lock only for the fork (``child.py``), and on close in-process, holding it per
+slice of rows; ``CURRENT`` names the live snapshot and the log, and is replaced atomically. On open: the
 snapshot is checked and loaded, then the log records after it are replayed. A search of a large
 exact namespace holds the lock one slice of rows at a time (``scan.py``). Upsert replaces a
 document with the same id, so a replayed or retried upsert never leaves a document twice.
