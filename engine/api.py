@@ -34,7 +34,7 @@ from engine.decoding import (
 from engine.drafting import Drafter
 from engine.loader import load
 from engine.model import CausalLM
-from engine.packed import pack_bf16, packing_available
+from engine.packed import pack_weights, packing_available
 from engine.prefix_cache import PrefixCache
 from engine.quant import quantize_int8
 from engine.tokenizer import ChatTokenizer
@@ -89,15 +89,15 @@ class Engine:
              device: torch.device | str = "cpu", quantize: str = "", options: EngineOptions | None = None) -> Engine:
         """Load a GGUF file or HF directory; ``None`` is the embedded default model.
         ``quantize="int8"`` stores every projection as int8 rows (``engine.quant``); otherwise bf16
-        on a CPU gets its weights reordered for oneDNN once (``engine.packed``), unless the forward
-        is compiled (inductor cannot lower the reordered weights and would fall back to eager)."""
+        and fp32 on a CPU get their weights reordered for oneDNN once (``engine.packed``), unless the
+        forward is compiled (inductor cannot lower the reordered weights and would fall back to eager)."""
         if quantize not in ("", "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; use '' or 'int8'")
         model, tokenizer = load(path, dtype, device)
         if quantize == "int8":
             quantize_int8(model)
         elif packing_available(device, dtype) and not (options and options.compile_model):
-            pack_bf16(model)
+            pack_weights(model)
         return cls(model, tokenizer, options)
 
     @property

@@ -1,11 +1,19 @@
-"""bf16 matmuls on the CPU with every weight reordered for oneDNN once, at load.
+"""Matmuls on the CPU (bf16 and fp32) with every weight reordered for oneDNN once, at load.
 
-``F.linear`` on bf16 CPU tensors hands the weight to oneDNN, which reorders it into its blocked
-layout on every call. For the row counts the engine sees (one row per decode step, tens to
-hundreds per expert in prefill) that reorder is a large share of the call: reordering once
-is faster per matmul at every row count, most at tens of rows and least at thousands (bench.engine's
-bf16 rows time the whole model). The reordered weight replaces the plain one, so
-memory stays the same (a tied lm_head gets its own copy).
+bf16: ``F.linear`` on bf16 CPU tensors hands the weight to oneDNN, which reorders it into its
+blocked layout on every call. For the row counts the engine sees (one row per decode step, tens
+to hundreds per expert in prefill) that reorder is a large share of the call: reordering once is
+faster per matmul at every row count, most at tens of rows and least at thousands.
+
+fp32: ``F.linear`` on fp32 CPU tensors goes to the BLAS PyTorch was built with (MKL in the
+official wheels), whose kernels on some CPUs (the AMD EPYC this project is measured on among
+them) reach a fraction of the vector units that oneDNN's reach; the same reordered oneDNN
+weight is then faster at every row count, one-row decode steps included. Both are full-precision
+fp32 arithmetic (oneDNN is not allowed to round to bf16 or tf32 here); only the order of the
+sums differs. bench.engine's fp32 and bf16 rows time the whole model.
+
+The reordered weight replaces the plain one, so memory stays the same (a tied lm_head gets its
+own copy).
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ _ROWS_HINT = 64
 
 
 def packing_available(device: torch.device | str, dtype: torch.dtype) -> bool:
-    return (torch.device(device).type == "cpu" and dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
@@ -70,6 +79,6 @@ class PackedExperts(Experts):
         return packed_linear(F.silu(gate) * up, self.down[index])
 
 
-def pack_bf16(model: CausalLM) -> CausalLM:
-    """Replace every projection of a bf16 CPU ``model`` by its reordered form, in place."""
+def pack_weights(model: CausalLM) -> CausalLM:
+    """Replace every projection of a bf16 or fp32 CPU ``model`` by its reordered form, in place."""
     return model.replace_projections(PackedLinear, PackedExperts)

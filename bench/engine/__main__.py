@@ -5,13 +5,15 @@ vocab 98304; 4 layers: 3 sliding + 1 full, all sparse; random weights), shared t
 with transformers' ``MellumForCausalLM``; (b) the default model (SmolLM2-135M-Instruct GGUF), read
 by each side from the same file.
 
-Each side runs in every dtype it offers here (ours: fp32, bf16 with weights reordered for oneDNN
-once, int8 weights with bf16 activations, and for the default model bf16 (not reordered) and int8
-under ``torch.compile``; transformers: fp32, bf16, and for the default model bf16 under
-``torch.compile``). The main table pairs like with like (fp32 with fp32, bf16 with bf16, compiled
-with compiled, our int8 with llama.cpp's Q8_0); a second table, labelled as such, compares each
-side's fastest variant (the brackets say which). Sides
-alternate inside every repeat and the best repeat counts, so machine noise hits all alike. Prefill
+Each side runs in every dtype it offers here (ours: fp32 and bf16 with weights reordered for
+oneDNN once, as the engine runs them on a CPU, int8 weights with bf16 activations, and for the
+default model bf16 (not reordered) and int8 under ``torch.compile``; transformers: fp32, bf16, and
+for the default model bf16 under ``torch.compile``). The main table pairs like with like (fp32
+with fp32, bf16 with bf16, compiled with compiled, our int8 with llama.cpp's Q8_0); a second
+table, labelled as such, compares each side's fastest variant (the brackets say which). Sides
+alternate inside every repeat and the best repeat counts, so machine noise hits all alike; the
+slice's sides are measured in two groups (fp32; bf16 and int8), each with its like-for-like peer,
+since all of them at once would not fit in memory. Prefill
 computes logits for the last position only; decode is the median step after a 512-token prompt.
 Ratios are ours/theirs in speed: above 1 means we are faster.
 
@@ -46,7 +48,15 @@ import torch
 from bench.engine.kv import LONG_EVERY, kv_at, long_context
 from bench.engine.limits import active_flops_per_token, cpu_has_amx, decode_weight_bytes, machine_limits
 from bench.engine.llamacpp import llamacpp_available, llamacpp_files, measure_llamacpp, same_model_check
-from bench.engine.models import MELLUM_SLICE, OURS_BF16, OURS_FP32, default_sides, mellum_sides, mellum_state
+from bench.engine.models import (
+    MELLUM_SLICE,
+    OURS_BF16,
+    OURS_FP32,
+    default_sides,
+    mellum_groups,
+    mellum_state,
+    ours_fp32_taking,
+)
 from bench.engine.prefix import prefix_reuse
 from bench.engine.report import report
 from bench.engine.speculative import speculative_figures
@@ -91,49 +101,59 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="focal-bench-"))
     for label in ("mellum", "default"):
         state = mellum_state() if label == "mellum" else None
-        sides = mellum_sides(state) if label == "mellum" else default_sides()
-        vocab = MELLUM_SLICE["vocab_size"] if label == "mellum" else sides[OURS_FP32].model.config.vocab_size
-        progress(f"{label}: measuring {', '.join(v.label for v in sides)}, alternating")
-        figures = measure(sides, vocab, (512, 2048), args.repeats, args.decode_steps)
+        groups = mellum_groups(state) if label == "mellum" else [default_sides]
+        figures: dict[Variant, dict[str, float]] = {}
+        weight_bytes: dict[Variant, float] = {}
+        kept: dict[Variant, object] = {}  # our sides, measured again beside llama.cpp
+        while groups:
+            sides = groups.pop(0)()
+            config = next(side.model.config for v, side in sides.items() if v.side == "ours")
+            vocab = config.vocab_size
+            progress(f"{label}: measuring {', '.join(v.label for v in sides)}, alternating")
+            figures.update(measure(sides, vocab, (512, 2048), args.repeats, args.decode_steps))
+            weight_bytes.update({v: decode_weight_bytes(side.model) for v, side in sides.items() if v.side == "ours"})
+            if label == "mellum" and OURS_BF16 in sides and not args.quick:
+                # Two repeats: the first builds oneDNN's kernels for the new expert-slice shapes, on both sides.
+                pair = (OURS_BF16, Variant("transformers", "bf16"))
+                long = measure({v: sides[v] for v in pair}, vocab, (8192,), 2, 1)
+                for name in long:
+                    figures[name]["prefill_8192_tok_s"] = long[name]["prefill_8192_tok_s"]
+                extra["mellum_kv_32k"] = kv_at(sides[OURS_BF16].model, 32768, every=LONG_EVERY)
+                progress(f"kv at 32K: {extra['mellum_kv_32k']}")
+            if label == "default":
+                extra["default_prefix_reuse"] = prefix_reuse(sides[OURS_BF16].model)
+                extra["speculative"] = measure_speculative()
+            # The slice's fp32 side is built again for llama.cpp, after the others (memory).
+            kept.update({v: side for v, side in sides.items()
+                         if v.side == "ours" and not (label == "mellum" and v == OURS_FP32)})
+            del sides
+            gc.collect()
+        del groups
         ours_best = fastest(figures, "ours", "prefill_2048_tok_s")
-        theirs_best = fastest(figures, "transformers", "prefill_2048_tok_s")
-        config = sides[OURS_FP32].model.config
         flops = active_flops_per_token(config, 2048)
         peak = limits[f"matmul_gflops_{'fp32' if ours_best.precision == 'fp32' else 'bf16'}"] * 1e9
         extra[f"{label}_roofline_fraction_prefill_2048"] = flops * figures[ours_best]["prefill_2048_tok_s"] / peak
         decode_best = fastest(figures, "ours", "decode_ms_per_token", higher=False)
-        bytes_read = decode_weight_bytes(sides[decode_best].model)
         extra[f"{label}_bandwidth_fraction_decode"] = (
-            bytes_read / (figures[decode_best]["decode_ms_per_token"] / 1000) / (limits["copy_gb_s"] * 1e9))
-        extra[f"{label}_decode_weight_bytes"] = {v.label: decode_weight_bytes(side.model) for v, side in sides.items()
-                                                 if v.side == "ours"}
-        if label == "mellum" and not args.quick:
-            # Two repeats: the first builds oneDNN's kernels for the new expert-slice shapes, on both sides.
-            long = measure({ours_best: sides[ours_best], theirs_best: sides[theirs_best]}, vocab, (8192,), 2, 1)
-            for name in long:
-                figures[name]["prefill_8192_tok_s"] = long[name]["prefill_8192_tok_s"]
-            extra["mellum_kv_32k"] = kv_at(sides[OURS_BF16].model, 32768, every=LONG_EVERY)
-            progress(f"kv at 32K: {extra['mellum_kv_32k']}")
-        if label == "default":
-            extra["default_prefix_reuse"] = prefix_reuse(sides[OURS_BF16].model)
-            extra["speculative"] = measure_speculative()
-        for variant in [v for v in sides if v.side == "transformers"]:
-            del sides[variant]
-        gc.collect()
+            weight_bytes[decode_best] / (figures[decode_best]["decode_ms_per_token"] / 1000)
+            / (limits["copy_gb_s"] * 1e9))
+        extra[f"{label}_decode_weight_bytes"] = {v.label: b for v, b in weight_bytes.items()}
         if not args.quick and llamacpp_available():
             files = llamacpp_files(label, state, folder)
+            if label == "mellum":
+                kept = {OURS_FP32: ours_fp32_taking(state), **kept}
             del state  # the slice's fp32 tensors: llama.cpp's files take their place in memory
             gc.collect()
-            check = extra[f"{label}_llamacpp_agreement"] = same_model_check(files, sides[OURS_FP32].model,
+            check = extra[f"{label}_llamacpp_agreement"] = same_model_check(files, kept[OURS_FP32].model,
                                                                             args.threads)
             if check["agrees"]:
-                figures.update(measure_llamacpp(files, sides, vocab, args.threads, args.repeats, args.decode_steps))
+                figures.update(measure_llamacpp(files, kept, vocab, args.threads, args.repeats, args.decode_steps))
             else:
                 progress(f"llama.cpp computes another model from {label}'s file: not timed")
             for path in folder.glob("*.gguf"):
                 path.unlink()
         raw[label] = figures
-        del sides
+        del kept
         gc.collect()
     extra["provenance"] = provenance({"threads": args.threads, "repeats": args.repeats,
                                       "decode_steps": args.decode_steps, "quick": args.quick})

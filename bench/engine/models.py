@@ -4,6 +4,8 @@ side from the same GGUF file)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from bench.engine.variants import Ours, Theirs, Variant
@@ -12,7 +14,7 @@ from devtools.mellum import hf_mellum, mellum_slice, random_state
 from engine import default_model_path
 from engine.config import from_hf_dict
 from engine.loader import build_model, load_model
-from engine.packed import pack_bf16
+from engine.packed import pack_weights
 from engine.quant import quantize_int8
 
 MELLUM_SLICE = mellum_slice()
@@ -28,17 +30,31 @@ def theirs_mellum(state: dict[str, torch.Tensor], dtype: torch.dtype):
     return hf_mellum(MELLUM_SLICE, dtype=dtype, state=state)
 
 
-def mellum_sides(state: dict[str, torch.Tensor]) -> dict[Variant, object]:
-    """Built one by one so that at most one transient bf16 copy exists (the whole set is ~20 GB)."""
+def mellum_groups(state: dict[str, torch.Tensor]) -> list[Callable[[], dict[Variant, object]]]:
+    """The slice's sides in two groups, built and measured one after the other (fp32; then bf16 and
+    int8), each side alternating with its like-for-like peer: all at once would need ~28 GB. Our
+    int8 and bf16 are built one by one so that at most one transient bf16 copy exists."""
     config = from_hf_dict(MELLUM_SLICE)
-    int8 = Ours(quantize_int8(build_model(config, state, torch.bfloat16)))
-    return {
-        OURS_FP32: Ours(build_model(config, state, torch.float32)),  # shares the tensors of `state`
-        OURS_BF16: Ours(pack_bf16(build_model(config, state, torch.bfloat16))),
-        Variant("ours", "int8"): int8,
-        Variant("transformers", "fp32"): Theirs(theirs_mellum(state, torch.float32)),
-        Variant("transformers", "bf16"): Theirs(theirs_mellum(state, torch.bfloat16)),
-    }
+
+    def fp32() -> dict[Variant, object]:
+        return {OURS_FP32: Ours(pack_weights(build_model(config, state, torch.float32))),
+                Variant("transformers", "fp32"): Theirs(theirs_mellum(state, torch.float32))}
+
+    def bf16() -> dict[Variant, object]:
+        int8 = Ours(quantize_int8(build_model(config, state, torch.bfloat16)))
+        return {OURS_BF16: Ours(pack_weights(build_model(config, state, torch.bfloat16))),
+                Variant("ours", "int8"): int8,
+                Variant("transformers", "bf16"): Theirs(theirs_mellum(state, torch.bfloat16))}
+
+    return [fp32, bf16]
+
+
+def ours_fp32_taking(state: dict[str, torch.Tensor]) -> Ours:
+    """Our packed fp32 slice, built from ``state``, which it empties: packing then frees each plain
+    tensor as its reordered copy is made, so the two never exist whole at once."""
+    model = build_model(from_hf_dict(MELLUM_SLICE), state, torch.float32)
+    state.clear()
+    return Ours(pack_weights(model))
 
 
 def default_sides() -> dict[Variant, object]:
@@ -49,7 +65,7 @@ def default_sides() -> dict[Variant, object]:
     sides: dict[Variant, object] = {}
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         model = load_model(path, dtype)
-        sides[Variant("ours", label)] = Ours(pack_bf16(model) if dtype == torch.bfloat16 else model)
+        sides[Variant("ours", label)] = Ours(pack_weights(model))
     sides[Variant("ours", "int8")] = Ours(quantize_int8(load_model(path, torch.bfloat16)))
     sides[Variant("ours", "bf16", compiled=True)] = Ours(load_model(path, torch.bfloat16), compiled=True)
     sides[Variant("ours", "int8", compiled=True)] = Ours(quantize_int8(load_model(path, torch.bfloat16)),
