@@ -203,6 +203,6 @@ def plot(rows: list[list[str]]) -> None:
     axis.axvline(1.0, color="black", linewidth=1)
     axis.invert_yaxis()
     axis.set_xlabel("ours / peer speed (above 1: we are faster)")
-    axis.set_title("Engine speed, like for like (same precision and compile state)")
+    figure.suptitle("Engine speed, like for like (same precision and compile state)")
     figure.tight_layout()
     figure.savefig(RESULTS / "engine.png", dpi=120)
