@@ -31,7 +31,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from bench.report import RESULTS, markdown_table, progress, write
+from bench.report import RESULTS, markdown_table, progress, provenance, write
 from bench.store import measure as store_figures
 from compressor.embedding import Embedder
 from compressor.retrieval.contract import Document
@@ -268,7 +268,8 @@ def main() -> None:
         f"(`bench.store`): the longest write took {store['write_max_stall_ms']:.0f} ms during the snapshot "
         f"({store['write_max_outside_ms']:.0f} ms outside it), the longest search {store['search_max_stall_ms']:.0f}"
         f" ms ({store['search_max_outside_ms']:.0f} ms); the snapshot held the store's lock "
-        f"{store['longest_lock_hold_ms']:.0f} ms at most. The log after compaction: "
+        f"{store['longest_lock_hold_ms']:.0f} ms at most (the fork of the child process that writes it). The log "
+        "after compaction: "
         f"{store['log_over_live_after']:.2f}x the live data (before: {store['log_over_live_before']:.2f}x).",
         "",
         "## FAISS index types at scale",
@@ -284,7 +285,9 @@ def main() -> None:
     plot(sizes)
     payload = {"recall_at_5": recall["recall_at_5"], "recall_at_20": recall["recall_at_20"], "nq": recall,
                "backends": compared, "sizes": sizes, "store": store,
-               "snapshot_max_stall_ms": store["write_max_stall_ms"]}  # the target: the longest write
+               "snapshot_max_stall_ms": store["write_max_stall_ms"],  # the target: the longest write
+               "provenance": provenance({"quick": args.quick, "queries": args.queries,
+                                         "milvus": "given URI" if args.milvus_uri else "Milvus Lite started here"})}
     write("retrieval", payload, markdown)
 
 
