@@ -39,7 +39,9 @@ def provenance(settings: dict) -> dict:
 
     import torch
 
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain")),
+    # Results files the run itself is writing do not count as changes to what produced them.
+    changes = git("status", "--porcelain", "--", ".", ":(exclude)bench/results")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(changes),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor() or
             platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "settings": settings}
 
