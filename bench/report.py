@@ -40,7 +40,7 @@ def provenance(settings: dict) -> dict:
     import torch
 
     # Results files the run itself is writing do not count as changes to what produced them.
-    changes = git("status", "--porcelain", "--", ".", ":(exclude)bench/results")
+    changes = git("status", "--porcelain", "--", ":(top)", ":(top,exclude)bench/results")
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(changes),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.processor() or
             platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__, "settings": settings}
