@@ -3,15 +3,16 @@
 Why a process: a snapshot of a large store is seconds of Python work (encoding every document),
 and in a thread it shares the interpreter lock with the threads serving requests. Each time a
 request thread comes back from a torch or FAISS call it may wait a whole switch interval for the
-lock, so an embedding forward of ~40 ms took 100-300 ms during a snapshot. A forked child has its
-own interpreter: it sees the store frozen at the instant of the fork (copy-on-write, no copying up
-front) and runs at a low priority, so on a small machine it takes the CPU the request threads leave.
+lock, so an embedding forward took several times as long during a snapshot (``bench.store``
+times writes during one). A forked child has its own interpreter: it sees the store frozen at the
+instant of the fork (copy-on-write, no copying up front) and runs at a low priority, so on a
+small machine it takes the CPU the request threads leave.
 
-What it costs: the fork copies the page tables (tens of ms for gigabytes, paid once, under the
-caller's lock, which is what makes the picture consistent), and the child's memory grows by the
-pages it touches (the documents' objects, whose reference counts it changes) until it exits. The
-parent's cyclic garbage collector is frozen meanwhile, so that a full collection does not write to
-(and so copy) every object while the child lives.
+What it costs: the fork copies the page tables, in proportion to the memory the process holds,
+once and under the caller's lock (which is what makes the picture consistent); and the child's
+memory grows by the pages it touches (the documents' objects, whose reference counts it changes)
+until it exits. The parent's cyclic garbage collector is frozen meanwhile, so that a full
+collection does not write to (and so copy) every object while the child lives.
 
 Rules in the child: it starts with one thread, and every lock another thread held at the fork
 stays held forever, so the work must take none of them (no logging, no torch, no FAISS OpenMP
