@@ -149,7 +149,6 @@ def measure(size: int, embedder: Embedder) -> dict:
             time.sleep(3)
         figures["snapshot_s"] = round(window[1] - window[0], 2)
         figures["longest_lock_hold_ms"] = store.last_snapshot["longest_lock_hold_ms"]
-        figures["fork_ms"] = store.last_snapshot["fork_ms"]
         for kind in ("write", "search"):
             figures[f"{kind}_max_stall_ms"] = round(load.longest(kind, window, True), 1)
             figures[f"{kind}_max_outside_ms"] = round(load.longest(kind, window, False), 1)

@@ -70,7 +70,7 @@ def test_writes_go_on_while_a_child_writes_the_snapshot(tmp_path: Path, embedder
     store.close(snapshot=False)
     from_snapshot = IndexStore(tmp_path / "data", embedder, open_log=False)  # the snapshot alone: as of the fork
     assert documents(from_snapshot) == at_fork
-    from_snapshot._lock_file.close()
+    from_snapshot.close(snapshot=False)
     reopened = IndexStore(tmp_path / "data", embedder)  # snapshot, then the two writes replayed from the log
     assert documents(reopened) == expected and "alps" not in expected and "loire" in expected
     assert reopened.search("wiki", "longest river of France", 1)[0].document_id == "loire"
@@ -103,7 +103,7 @@ def test_a_failed_child_leaves_the_live_snapshot_and_the_next_one_works(
     store.close(snapshot=False)
     reopened = IndexStore(tmp_path, embedder, open_log=False)
     assert documents(reopened) == expected
-    reopened._lock_file.close()
+    reopened.close(snapshot=False)
 
 
 def test_a_killed_server_leaves_no_snapshot_writer_behind(tmp_path: Path, embedder: Embedder) -> None:

@@ -50,8 +50,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def start(work: Callable[[], None], niceness: int, close_fds: tuple[int, ...] = ()) -> int:
-    """Fork a child that closes ``close_fds`` (its copies only), lowers its priority by ``niceness``,
-    runs ``work`` and exits (0 on success, 1 on an exception, whose traceback goes to stderr).
+    """Fork a child that closes ``close_fds`` (its copies only), sets its own niceness to
+    ``niceness``, runs ``work`` and exits (0 on success, 1 on an exception, whose traceback goes to stderr).
     Returns the child's pid; ``wait`` must follow, from the same thread (the child dies with it)."""
     parent = os.getpid()
     gc.freeze()

@@ -285,11 +285,7 @@ class IndexStore:
             shutil.rmtree(staging_folder(self.root, seq), ignore_errors=True)
             raise
         manifest = publish(self.root, seq, log_name, log_offset)
-        self.snapshot_bytes = data_bytes(manifest)
-        self.snapshot_seq = seq
-        self.last_snapshot = {"seq": seq, "seconds": round(time.perf_counter() - started, 3),
-                              "longest_lock_hold_ms": round(held * 1000, 2), "fork_ms": round(held * 1000, 2),
-                              "in_child": True}
+        self._published(seq, manifest, time.perf_counter() - started, held, in_child=True)
 
     def _write_staging_here(self) -> None:
         """The child's work: the picture and its files, from the memory as it was at the fork."""
@@ -432,11 +428,18 @@ class IndexStore:
     def _write_snapshot(self, taken: Capture, capture_seconds: float) -> None:
         started = time.perf_counter()
         holds = [capture_seconds]
-        self.snapshot_bytes = data_bytes(write_snapshot(self.root, taken, self.spec, self._lock, holds))
-        self.snapshot_seq = taken.seq
-        self.last_snapshot = {"seq": taken.seq, "seconds": round(time.perf_counter() - started + capture_seconds, 3),
-                              "longest_lock_hold_ms": round(max(holds) * 1000, 2),
-                              "capture_ms": round(capture_seconds * 1000, 2)}
+        manifest = write_snapshot(self.root, taken, self.spec, self._lock, holds)
+        self._published(taken.seq, manifest, time.perf_counter() - started + capture_seconds, max(holds),
+                        in_child=False)
+        self.last_snapshot["capture_ms"] = round(capture_seconds * 1000, 2)
+
+    def _published(self, seq: int, manifest: dict, seconds: float, longest_hold: float, in_child: bool) -> None:
+        """Record the snapshot as of ``seq`` now live: its size, and how long it took and held the lock
+        (in a child: the fork)."""
+        self.snapshot_bytes = data_bytes(manifest)
+        self.snapshot_seq = seq
+        self.last_snapshot = {"seq": seq, "seconds": round(seconds, 3),
+                              "longest_lock_hold_ms": round(longest_hold * 1000, 2), "in_child": in_child}
 
     def compact_log(self, step: Callable[[str], None] | None = None) -> None:
         """Rewrite the log as the live documents (see ``compaction.py``). ``step`` is called after each
