@@ -6,15 +6,16 @@ and ``manifest.json`` lists every file with its size and SHA-256. ``CURRENT`` na
 snapshot, the log it belongs to and the byte offset in that log where the snapshot ends; it is
 replaced atomically, so a crash leaves either the old picture or the new one.
 
-In the background a forked child writes the staging folder from the store as it was at the fork
-(``child.py``) and the store publishes it when the child is done. In-process (on close, on
-rebuild), writing one holds the store's lock only to take a ``Capture``: the sequence number, a shallow copy
-of each namespace's documents (entries are never changed in place) and its tombstones. A flat
-index only grows at its end until it is compacted, so its rows are then copied a slice at a time,
-each slice under the lock, and written with the lock released (``ns-<n>.ids`` and
-``ns-<n>.vectors``, raw int64 and float32). A graph (HNSW) or trained IVF index changes in place,
-so it is serialized under the lock as a whole (``ns-<n>.faiss``). Documents are encoded a batch
-at a time, so the encoder never holds the interpreter for long either.
+In the background a worker process rebuilds the store from the files up to where the log stood and
+writes the staging folder (``snapshot_process.py``); the store publishes it when the worker is done.
+In-process (on close, on rebuild, and in the worker), writing one holds the store's lock only to
+take a ``Capture``: the sequence number, a shallow copy of each namespace's documents (entries are
+never changed in place) and its tombstones. A flat index only grows at its end until it is
+compacted, so its rows are then copied a slice at a time, each slice under the lock, and written
+with the lock released (``ns-<n>.ids`` and ``ns-<n>.vectors``, raw int64 and float32). A graph
+(HNSW) or trained IVF index changes in place, so it is serialized under the lock as a whole
+(``ns-<n>.faiss``). Documents are encoded a batch at a time, so the encoder never holds the
+interpreter for long either.
 """
 
 from __future__ import annotations

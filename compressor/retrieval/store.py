@@ -1,15 +1,16 @@
 """The durable document index: namespaces of chunked, embedded documents with metadata.
 
 Durability: every Upsert and Delete is one record in the write-ahead log, fsynced before the call
-returns and before searches can see it (writes take turns on their own lock; the fsync does not
-hold the lock searches take); the record carries the vectors, so replaying it needs no embedder
-and gives the same state. Snapshots (``snapshot.py``) write the indexes and metadata beside the
-running store: every ``snapshot_every`` records in the background, by a forked child process that
-holds the store's lock only for the fork (``child.py``), and on close in-process, holding it per
-slice of rows; ``CURRENT`` names the live snapshot and the log, and is replaced atomically. On open: the
-snapshot is checked and loaded, then the log records after it are replayed. A search of a large
-exact namespace holds the lock one slice of rows at a time (``scan.py``). Upsert replaces a
-document with the same id, so a replayed or retried upsert never leaves a document twice.
+returns and before searches can see it (writes take turns on their own lock; the fsync does not hold the
+lock searches take); the record carries the vectors, so replaying it needs no embedder and gives the
+same state. Snapshots (``snapshot.py``) write the indexes and metadata beside the running store: every
+``snapshot_every`` records in the background, by a worker process that rebuilds the store from the files
+up to where the log stood (``snapshot_process.py``; the store's lock is held only to note that point),
+and on close in-process, holding it per slice of rows; ``CURRENT`` names the live snapshot and the log,
+and is replaced atomically. On open: the snapshot is checked and loaded, then the log records after it
+are replayed. A search of a large exact namespace holds the lock one slice of rows at a time
+(``scan.py``). Upsert replaces a document with the same id, so a replayed or retried upsert never leaves
+a document twice.
 
 The log stays small: when it outgrows the live data (``compact_ratio``), it is rewritten as the
 live documents (``compaction.py``), crash-safe at every step. A damaged snapshot is reported with
@@ -24,6 +25,7 @@ import fcntl
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from compressor.embedding import Embedder
-from compressor.retrieval import child
+from compressor.retrieval import snapshot_process
 from compressor.retrieval.chunker import Chunking
 from compressor.retrieval.compaction import compacted_name, copy_tail, write_base_log
 from compressor.retrieval.contract import (
@@ -71,7 +73,7 @@ from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_di
 log = logging.getLogger("focal")
 
 MAINTENANCE_NICENESS = 10  # the background compaction thread's priority, below the request threads (0)
-CHILD_NICENESS = 19  # the snapshot writer process's: it runs on what the requests leave of the CPU
+WORKER_NICENESS = 19  # the snapshot worker process's: it runs on what the requests leave of the CPU
 
 
 class IndexStore:
@@ -79,13 +81,16 @@ class IndexStore:
 
     def __init__(self, data_dir: str | Path, embedder: Embedder | None = None, spec: IndexSpec | None = None,
                  chunking: Chunking | None = None, limits: Limits | None = None, snapshot_every: int = 1000,
-                 use_snapshot: bool = True, open_log: bool = True, compact_ratio: float = 2.0) -> None:
+                 use_snapshot: bool = True, open_log: bool = True, compact_ratio: float = 2.0,
+                 as_of_log_end: int | None = None) -> None:
         """Open (or create) ``data_dir``: load the snapshot (unless ``use_snapshot`` is false), verify the
         checksum of every log record it covers, replay the records after it, and open the log for
         appending. Damage anywhere is ``IndexCorrupt`` naming the repair command. ``open_log`` false
         reads the snapshot alone, for the repair (the store then takes no writes). After a background
         snapshot the log is compacted when it holds more than ``compact_ratio`` times the snapshot's
-        bytes (0: never on its own; ``compact_log`` still works)."""
+        bytes (0: never on its own; ``compact_log`` still works). ``as_of_log_end`` reads the state as of
+        that byte of the live log without taking the directory (the snapshot worker's view, read while
+        the owner writes on; it takes no writes)."""
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.embedder = embedder
@@ -104,7 +109,8 @@ class IndexStore:
         self._writing = threading.Lock()  # one write at a time, in log order; taken before ``_lock``
         self._maintaining = threading.Lock()  # one snapshot or compaction at a time
         self._maintainer: threading.Thread | None = None
-        self._lock_file = self._acquire()
+        self.snapshot_worker: subprocess.Popen | None = None  # while a background snapshot is being written
+        self._lock_file = self._acquire() if as_of_log_end is None else None
         try:
             try:
                 self.wal_name = live_log_name(self.root)
@@ -112,6 +118,10 @@ class IndexStore:
                 raise self._recovery(str(exc)) from exc
             wal_start = self._load_snapshot() if use_snapshot else 0
             self.snapshot_offset = wal_start
+            if as_of_log_end is not None:
+                self._replay(wal_start, as_of_log_end)
+                self.applied_end = as_of_log_end
+                return
             if not open_log:
                 return
             self._drop_orphans()
@@ -120,12 +130,12 @@ class IndexStore:
             self.wal = WriteAheadLog(self.root / self.wal_name, start=self._replayed_to)
             self.applied_end = self.wal.end  # the log's end as far as the in-memory state has applied it
         except LogCorrupt as exc:
-            self._lock_file.close()
+            self._release()
             raise IndexCorrupt(f"{exc}. Acknowledged writes may be damaged; nothing was changed. Run `focal index "
                                f"repair --data-dir {self.root}`: it keeps every write the snapshot or the intact "
                                "log holds, and says what it could not keep") from exc
         except BaseException:
-            self._lock_file.close()
+            self._release()
             raise
         log.info("index log verified", extra={"fields": {"log": self.wal_name, "records_covered_by_snapshot": covered,
                                                          "log_bytes": self.wal.end}})
@@ -150,6 +160,10 @@ class IndexStore:
         handle.write(str(os.getpid()))
         handle.flush()
         return handle
+
+    def _release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
 
     def _recovery(self, problem: str) -> IndexCorrupt:
         return IndexCorrupt(f"{problem}. The write-ahead log is the source of truth: rebuild the index from it "
@@ -191,14 +205,19 @@ class IndexStore:
                          extra={"fields": {"file": path.name}})
                 path.unlink()
 
-    def _replay(self, start: int) -> None:
+    def _replay(self, start: int, end: int | None = None) -> None:
+        """Apply the log's records from byte ``start`` (to byte ``end``, which must be a record's end)."""
         self._replayed_to = start
         replayed = 0
         for record in scan(self.root / self.wal_name, start):
+            if end is not None and record.end > end:
+                break
             if record.header["seq"] > self.seq or record.header.get("base"):
                 self._apply(record)
                 replayed += 1
             self._replayed_to = record.end
+        if end is not None and self._replayed_to != end:
+            raise LogCorrupt(f"{self.root / self.wal_name}: no record ends at byte {end}", self._replayed_to)
         if replayed:
             log.info("index log replayed", extra={"fields": {"records": replayed, "seq": self.seq}})
 
@@ -245,9 +264,9 @@ class IndexStore:
 
     def maintain_in_background(self) -> None:
         """Start a snapshot (then a log compaction if the log has outgrown the live data) in a background
-        thread, unless one is running; ``settle`` waits for it. Where the system can fork, the
-        snapshot is written by a child process (``child.py``) from the store as of the fork, so it
-        shares neither the interpreter lock nor the store's lock with the requests that go on."""
+        thread, unless one is running; ``settle`` waits for it. On Linux the snapshot is written by a
+        worker process from the files (``snapshot_process.py``), so it shares neither the interpreter
+        nor the store's lock with the requests that go on."""
         with self._lock:
             if self._maintainer is not None and self._maintainer.is_alive():
                 return
@@ -257,8 +276,8 @@ class IndexStore:
     def _maintain(self) -> None:
         try:
             with self._maintaining:
-                if child.can_fork():
-                    self._snapshot_in_child()
+                if snapshot_process.can_run():
+                    self._snapshot_by_worker()
                 else:
                     self._snapshot()
             # Below the threads that serve requests: on a machine with few cores the rewrite yields to them.
@@ -269,28 +288,35 @@ class IndexStore:
         except Exception:
             log.exception("index maintenance failed; the log still holds every write")
 
-    def _snapshot_in_child(self) -> None:
-        """Fork under the lock (the child's memory is then a consistent picture), let the child write
-        the staging folder, and publish it here once the child has finished."""
+    def _snapshot_by_worker(self) -> None:
+        """Note where the store stands (under the lock), let the worker write that picture's staging
+        folder from the files, and publish it once the worker has finished."""
         with self._lock:
             started = time.perf_counter()
             if not self._ready_for_snapshot():
                 return
-            seq, log_name, log_offset = self.seq, self.wal_name, self.applied_end
-            pid = child.start(self._write_staging_here, CHILD_NICENESS, (self._lock_file.fileno(),))
+            picture = snapshot_process.Picture(self.seq, self.wal_name, self.applied_end)
             held = time.perf_counter() - started
+        self.snapshot_worker = snapshot_process.start(self.root, self.spec, picture, WORKER_NICENESS)
         try:
-            child.wait(pid)
-        except child.ChildFailed:
-            shutil.rmtree(staging_folder(self.root, seq), ignore_errors=True)
+            report = snapshot_process.wait(self.snapshot_worker)
+        except snapshot_process.WorkerFailed:
+            shutil.rmtree(staging_folder(self.root, picture.seq), ignore_errors=True)
             raise
-        manifest = publish(self.root, seq, log_name, log_offset)
-        self._published(seq, manifest, time.perf_counter() - started, held, in_child=True)
+        finally:
+            self.snapshot_worker = None
+        manifest = publish(self.root, picture.seq, picture.log_name, picture.log_end)
+        self._published(picture.seq, manifest, time.perf_counter() - started, held, by_worker=True)
+        self.last_snapshot["worker_peak_rss_bytes"] = report["peak_rss_bytes"]
 
-    def _write_staging_here(self) -> None:
-        """The child's work: the picture and its files, from the memory as it was at the fork."""
-        taken = capture(self.namespaces, self.seq, self.next_id, self.wal_name, self.applied_end)
-        write_staging(self.root, taken, self.spec, threading.RLock(), [])
+    def write_staging_snapshot(self) -> bool:
+        """Write the snapshot of the state as it is into its staging folder, for the owner to publish
+        (the worker's job); False when the live snapshot is as new."""
+        taken = self._capture()
+        if taken is None:
+            return False
+        write_staging(self.root, taken[0], self.spec, self._lock, [])
+        return True
 
     def settle(self) -> None:
         """Wait for a background snapshot or compaction to finish."""
@@ -430,16 +456,15 @@ class IndexStore:
         holds = [capture_seconds]
         manifest = write_snapshot(self.root, taken, self.spec, self._lock, holds)
         self._published(taken.seq, manifest, time.perf_counter() - started + capture_seconds, max(holds),
-                        in_child=False)
+                        by_worker=False)
         self.last_snapshot["capture_ms"] = round(capture_seconds * 1000, 2)
 
-    def _published(self, seq: int, manifest: dict, seconds: float, longest_hold: float, in_child: bool) -> None:
-        """Record the snapshot as of ``seq`` now live: its size, and how long it took and held the lock
-        (in a child: the fork)."""
+    def _published(self, seq: int, manifest: dict, seconds: float, longest_hold: float, by_worker: bool) -> None:
+        """Record the snapshot as of ``seq`` now live: its size, and how long it took and held the lock."""
         self.snapshot_bytes = data_bytes(manifest)
         self.snapshot_seq = seq
         self.last_snapshot = {"seq": seq, "seconds": round(seconds, 3),
-                              "longest_lock_hold_ms": round(longest_hold * 1000, 2), "in_child": in_child}
+                              "longest_lock_hold_ms": round(longest_hold * 1000, 2), "by_worker": by_worker}
 
     def compact_log(self, step: Callable[[str], None] | None = None) -> None:
         """Rewrite the log as the live documents (see ``compaction.py``). ``step`` is called after each
@@ -479,7 +504,7 @@ class IndexStore:
         with self._writing, self._lock:
             if hasattr(self, "wal"):
                 self.wal.close()
-            self._lock_file.close()
+            self._release()
 
 
 def rebuild(data_dir: str | Path, spec: IndexSpec | None = None) -> dict:
