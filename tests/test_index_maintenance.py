@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_index import RIVERS
 
@@ -64,6 +65,26 @@ def test_compaction_keeps_the_live_set_and_shrinks_the_log(tmp_path: Path, embed
     rebuilt = IndexStore(tmp_path, embedder)
     assert documents(rebuilt) == expected and rebuilt.search("wiki", "Loire", 1)[0].document_id == "loire"
     rebuilt.close()
+
+
+def test_a_namespace_emptied_by_deletes_survives_snapshots_and_compaction(tmp_path: Path, embedder: Embedder) -> None:
+    """Over 1000 deleted chunks make the snapshot compact the vectors to none: an empty vectors file."""
+    log = wal_module.WriteAheadLog(tmp_path / "wal.log")
+    ids = [f"doc-{n}" for n in range(1200)]
+    log.append({"op": "upsert", "ns": "wiki", "dim": embedder.dim, "embedder": embedder.name, "first_id": 0,
+                "seq": 1, "docs": [{"id": i, "metadata": {}, "chunks": [i]} for i in ids]},
+               np.eye(1200, embedder.dim, dtype=np.float32).tobytes())
+    log.append({"op": "delete", "ns": "wiki", "seq": 2, "ids": ids})
+    log.close()
+    store = IndexStore(tmp_path, embedder, compact_ratio=0)
+    store.compact_log()  # snapshots first (the vectors compacted to zero rows), then rewrites the log from it
+    assert store.namespaces["wiki"].vectors.index.ntotal == 0
+    store.close(snapshot=False)
+    for snapshot_alone in (True, False):
+        reopened = IndexStore(tmp_path, embedder, open_log=not snapshot_alone)
+        assert not reopened.namespaces["wiki"].documents
+        assert reopened.search("wiki", "anything", 3) == []
+        reopened.close(snapshot=False)
 
 
 @pytest.mark.parametrize("step", ["written", "switched", "dropped"])

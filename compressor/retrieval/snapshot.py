@@ -273,6 +273,14 @@ def _documents(path: Path) -> tuple[set[int], Iterator[list]]:
     return tombstones, rows()
 
 
+def _mapped_rows(path: Path, entry: dict) -> np.ndarray:
+    """A flat namespace's stored vectors, mapped rather than read (FAISS copies them in, so the process
+    never holds them twice); a namespace emptied by deletes has an empty file, which cannot be mapped."""
+    if not entry["rows"]:
+        return np.empty((0, entry["dim"]), dtype=np.float32)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(entry["rows"], entry["dim"]))
+
+
 def load_namespaces(folder: Path, manifest: dict, spec: IndexSpec) -> dict[str, Namespace]:
     """Every namespace of a checked snapshot, its files verified against the manifest."""
     loaded = {}
@@ -283,10 +291,8 @@ def load_namespaces(folder: Path, manifest: dict, spec: IndexSpec) -> dict[str, 
             if "index" in files:
                 vectors = VectorIndex.from_bytes(files["index"].read_bytes(), entry["dim"], spec, tombstones)
             else:
-                rows = entry["rows"]
                 vectors = VectorIndex.from_rows(entry["dim"], spec, np.fromfile(files["ids"], dtype=np.int64),
-                                                np.fromfile(files["vectors"], dtype=np.float32)
-                                                .reshape(rows, entry["dim"]), tombstones)
+                                                _mapped_rows(files["vectors"], entry), tombstones)
         except (RuntimeError, ValueError) as exc:
             raise SnapshotDamaged(f"the vectors of namespace {name!r} cannot be read ({exc})") from exc
         space = Namespace(name, entry["dim"], entry["embedder"], vectors)
@@ -319,7 +325,7 @@ def snapshot_documents(folder: Path, manifest: dict) -> Iterator[tuple[str, dict
                 return index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
         else:
             find = _row_finder(np.fromfile(files["ids"], dtype=np.int64))
-            stored = np.memmap(files["vectors"], dtype=np.float32, mode="r", shape=(entry["rows"], entry["dim"]))
+            stored = _mapped_rows(files["vectors"], entry)
 
             def vectors_of(ids: list[int], find: Callable = find, stored: np.ndarray = stored) -> np.ndarray:
                 return np.asarray(stored[find(ids)])
