@@ -17,8 +17,9 @@ The server publishes it once the worker has exited 0. The log is append-only and
 compaction runs at a time, so the files the worker reads do not change under it.
 
 What it costs: the worker holds its own copy of the store (its peak resident memory is reported with
-each snapshot), and reading the previous snapshot takes CPU time at the lowest priority. It dies with
-the thread that started it (``PR_SET_PDEATHSIG``), so a killed server leaves no writer behind.
+each snapshot), and reading the previous snapshot takes CPU time, at the idle priority
+(``SCHED_IDLE``). It dies with the thread that started it (``PR_SET_PDEATHSIG``), so a killed server
+leaves no writer behind.
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ class Picture:
     log_end: int
 
 
-def start(root: Path, spec: IndexSpec, picture: Picture, niceness: int) -> subprocess.Popen:
+def start(root: Path, spec: IndexSpec, picture: Picture) -> subprocess.Popen:
     """Start the worker for ``picture`` of the data directory ``root``; ``wait`` must follow, from the
     same thread (the worker dies with it). Its error output goes to this process's."""
     package_parent = str(Path(compressor.__file__).resolve().parent.parent)
     path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "compressor.retrieval.snapshot_worker", str(root),
                "--seq", str(picture.seq), "--log", picture.log_name, "--log-end", str(picture.log_end),
-               "--spec", json.dumps(spec.describe()), "--parent", str(os.getpid()), "--niceness", str(niceness)]
+               "--spec", json.dumps(spec.describe()), "--parent", str(os.getpid())]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": path})
 

@@ -2,7 +2,7 @@
 log from the data directory's files, and write that snapshot's staging folder.
 
     python -m compressor.retrieval.snapshot_worker DATA_DIR --seq S --log NAME --log-end BYTES \
-        --spec JSON --parent PID --niceness N
+        --spec JSON --parent PID
 
 Exits 0 once the staging folder is durable, having printed its peak resident memory as JSON; 1 (with
 the reason on standard error) when the files do not lead to the picture the server asked for, which
@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-end", type=int, required=True)
     parser.add_argument("--spec", required=True, help="the index settings, as IndexSpec.describe() writes them")
     parser.add_argument("--parent", type=int, required=True, help="the server's pid; the worker dies with it")
-    parser.add_argument("--niceness", type=int, default=19)
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, args.niceness)
+    # SCHED_IDLE, not just nice 19: a request thread that wakes up preempts the worker at once, and the
+    # worker runs only on CPU time nothing else wants (the threads FAISS starts later inherit it).
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         write_staging_as_of(args.data_dir, IndexSpec(**json.loads(args.spec)),
                             Picture(args.seq, args.log, args.log_end))

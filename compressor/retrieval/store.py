@@ -73,7 +73,6 @@ from compressor.retrieval.wal import LogCorrupt, Record, WriteAheadLog, fsync_di
 log = logging.getLogger("focal")
 
 MAINTENANCE_NICENESS = 10  # the background compaction thread's priority, below the request threads (0)
-WORKER_NICENESS = 19  # the snapshot worker process's: it runs on what the requests leave of the CPU
 
 
 class IndexStore:
@@ -297,7 +296,7 @@ class IndexStore:
                 return
             picture = snapshot_process.Picture(self.seq, self.wal_name, self.applied_end)
             held = time.perf_counter() - started
-        self.snapshot_worker = snapshot_process.start(self.root, self.spec, picture, WORKER_NICENESS)
+        self.snapshot_worker = snapshot_process.start(self.root, self.spec, picture)
         try:
             report = snapshot_process.wait(self.snapshot_worker)
         except snapshot_process.WorkerFailed:
