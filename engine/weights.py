@@ -4,6 +4,7 @@ layout, and assign to a model strictly, naming every missing, unexpected or mis-
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -14,8 +15,11 @@ from engine.config import SPARSE, ModelConfig
 from engine.errors import WeightsError
 
 _PER_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
-# Tensors a checkpoint may carry that inference does not use (Mellum2's multi-token-prediction head).
+# Tensors a checkpoint may carry that inference does not use: a multi-token-prediction head (``mtp.``;
+# no published Mellum2 config declares one, and no drafter reads it: it is skipped with a warning), and
+# precomputed rotary frequencies.
 _IGNORED = re.compile(r"^mtp\.|rotary_emb\.inv_freq$")
+log = logging.getLogger("focal.engine")
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
@@ -166,6 +170,10 @@ def assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], config: Mod
            dtype: torch.dtype) -> None:
     """Load ``tensors`` (HF names) into ``model`` in ``dtype``, strictly; ``WeightsError`` names any mismatch."""
     tensors = fuse_experts(tensors, config) if SPARSE in config.mlp_layer_types else dict(tensors)
+    head = sorted(name for name in tensors if name.startswith("mtp."))
+    if head:
+        log.warning("the checkpoint's multi-token-prediction head is not used (speculative decoding drafts by "
+                    "prompt lookup)", extra={"fields": {"tensors": len(head), "first": head[0]}})
     tensors = {name: t for name, t in tensors.items() if not _IGNORED.search(name)}
     expected = checkpoint_shapes(config)
     if config.tie_word_embeddings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -60,6 +61,15 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(tmp_path, tiny_hf):
     assert "model.layers.2.self_attn.k_norm.weight" in message
     assert "model.layers.0.mlp.surprise.weight" in message
     assert "model.layers.1.mlp.gate.weight (7, 64)" in message
+
+
+def test_a_multi_token_prediction_head_is_skipped_with_a_warning(tmp_path, tiny_hf, caplog):
+    state = {k: v.clone() for k, v in tiny_hf.state_dict().items()}
+    state["mtp.layers.0.eh_proj.weight"] = torch.zeros(4, 8)
+    with caplog.at_level(logging.WARNING, logger="focal.engine"):
+        model = load_model(write_checkpoint(tmp_path / "with-mtp", TINY_MELLUM, state))
+    assert "multi-token-prediction head is not used" in caplog.text
+    assert not any(name.startswith("mtp") for name in model.state_dict())
 
 
 def test_missing_expert_is_named(tmp_path, tiny_per_expert_dir):
