@@ -107,6 +107,25 @@ def test_a_killed_worker_leaves_the_live_snapshot_and_the_next_one_works(
     reopened.close(snapshot=False)
 
 
+def test_close_stops_a_running_worker_and_writes_the_closing_snapshot(
+        tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture) -> None:
+    store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
+    store.upsert("wiki", RIVERS)
+    store.maintain_in_background()
+    worker = stopped_worker(store)  # a worker that would never finish on its own
+    store.upsert("wiki", [LOIRE])
+    expected = documents(store)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="focal"):
+        store.close()
+    assert time.monotonic() - started < 30 and state(worker) == "gone"
+    assert "the store is closing" in caplog.text and "index maintenance failed" not in caplog.text
+    assert not list(tmp_path.glob(".staging-*"))
+    from_snapshot = IndexStore(tmp_path, embedder, open_log=False)  # the closing snapshot holds every write
+    assert documents(from_snapshot) == expected
+    from_snapshot.close(snapshot=False)
+
+
 def test_the_worker_refuses_a_picture_the_files_do_not_lead_to(tmp_path: Path, embedder: Embedder) -> None:
     store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
     store.upsert("wiki", RIVERS)

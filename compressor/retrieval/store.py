@@ -109,6 +109,8 @@ class IndexStore:
         self._maintaining = threading.Lock()  # one snapshot or compaction at a time
         self._maintainer: threading.Thread | None = None
         self.snapshot_worker: subprocess.Popen | None = None  # while a background snapshot is being written
+        self._worker_guard = threading.Lock()  # ``snapshot_worker`` and ``_closing``: close stops a running worker
+        self._closing = False
         self._lock_file = self._acquire() if as_of_log_end is None else None
         try:
             try:
@@ -279,6 +281,8 @@ class IndexStore:
                     self._snapshot_by_worker()
                 else:
                     self._snapshot()
+            if self._closing:
+                return
             # Below the threads that serve requests: on a machine with few cores the rewrite yields to them.
             with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MAINTENANCE_NICENESS)
@@ -296,17 +300,23 @@ class IndexStore:
                 return
             picture = snapshot_process.Picture(self.seq, self.wal_name, self.applied_end)
             held = time.perf_counter() - started
-        self.snapshot_worker = snapshot_process.start(self.root, self.spec, picture)
+        with self._worker_guard:
+            if self._closing:
+                return
+            self.snapshot_worker = snapshot_process.start(self.root, self.spec, picture)
         try:
             report = snapshot_process.wait(self.snapshot_worker)
         except snapshot_process.WorkerFailed:
             shutil.rmtree(staging_folder(self.root, picture.seq), ignore_errors=True)
+            if self._closing:
+                log.info("index: the background snapshot was stopped, the store is closing")
+                return
             raise
         finally:
             self.snapshot_worker = None
         manifest = publish(self.root, picture.seq, picture.log_name, picture.log_end)
-        self._published(picture.seq, manifest, time.perf_counter() - started, held, by_worker=True)
-        self.last_snapshot["worker_peak_rss_bytes"] = report["peak_rss_bytes"]
+        self._published(picture.seq, manifest, time.perf_counter() - started, held, by_worker=True,
+                        worker_peak_rss_bytes=report["peak_rss_bytes"])
 
     def write_staging_snapshot(self) -> bool:
         """Write the snapshot of the state as it is into its staging folder, for the owner to publish
@@ -455,15 +465,18 @@ class IndexStore:
         holds = [capture_seconds]
         manifest = write_snapshot(self.root, taken, self.spec, self._lock, holds)
         self._published(taken.seq, manifest, time.perf_counter() - started + capture_seconds, max(holds),
-                        by_worker=False)
-        self.last_snapshot["capture_ms"] = round(capture_seconds * 1000, 2)
+                        by_worker=False, capture_ms=round(capture_seconds * 1000, 2))
 
-    def _published(self, seq: int, manifest: dict, seconds: float, longest_hold: float, by_worker: bool) -> None:
-        """Record the snapshot as of ``seq`` now live: its size, and how long it took and held the lock."""
+    def _published(self, seq: int, manifest: dict, seconds: float, longest_hold: float, by_worker: bool,
+                   **details: float) -> None:
+        """Record and log the snapshot as of ``seq`` now live: its size, how long it took and held the lock,
+        and ``details`` (the worker's peak memory, or the in-process capture's lock hold)."""
         self.snapshot_bytes = data_bytes(manifest)
         self.snapshot_seq = seq
         self.last_snapshot = {"seq": seq, "seconds": round(seconds, 3),
-                              "longest_lock_hold_ms": round(longest_hold * 1000, 2), "by_worker": by_worker}
+                              "longest_lock_hold_ms": round(longest_hold * 1000, 2), "by_worker": by_worker,
+                              **details}
+        log.info("index snapshot written", extra={"fields": {**self.last_snapshot, "bytes": self.snapshot_bytes}})
 
     def compact_log(self, step: Callable[[str], None] | None = None) -> None:
         """Rewrite the log as the live documents (see ``compaction.py``). ``step`` is called after each
@@ -496,7 +509,13 @@ class IndexStore:
                 step("dropped")
 
     def close(self, snapshot: bool = True) -> None:
-        """Wait for background maintenance, take a last snapshot (unless told not to), release the directory."""
+        """Wait for background maintenance, take a last snapshot (unless told not to), release the directory.
+        A snapshot worker still running is stopped rather than waited for: under load it can take minutes,
+        and the closing snapshot (or, without one, the log) covers what it would have written."""
+        with self._worker_guard:
+            self._closing = True
+            if self.snapshot_worker is not None:
+                self.snapshot_worker.kill()
         self.settle()
         if snapshot and hasattr(self, "wal"):
             self.snapshot()
