@@ -272,8 +272,7 @@ def main() -> None:
         f"{store['search_max_stall_ms']:.0f} ms ({store['search_max_outside_ms']:.0f} ms); the snapshot held the "
         f"store's lock {store['longest_lock_hold_ms']:.1f} ms at most (noting where the log stands; a worker process "
         f"rebuilds the snapshot from the files, peak {store['worker_peak_rss_bytes'] / 2**30:.2f} GiB resident beside"
-        f" the server's {store['server_rss_bytes'] / 2**30:.2f} GiB). The log "
-        "after compaction: "
+        f" the server's {store['server_rss_bytes'] / 2**30:.2f} GiB). The log after compaction: "
         f"{store['log_over_live_after']:.2f}x the live data (before: {store['log_over_live_before']:.2f}x).",
         "",
         "## FAISS index types at scale",

@@ -37,6 +37,7 @@ import numpy as np
 from bench.report import markdown_table, progress, provenance, write
 from compressor.embedding import Embedder
 from compressor.retrieval.contract import Document
+from compressor.retrieval.snapshot_worker import status_bytes
 from compressor.retrieval.store import IndexStore
 from compressor.retrieval.wal import WriteAheadLog
 
@@ -119,29 +120,21 @@ class Load:
         for thread in self.threads:
             thread.join()
 
-    def longest(self, kind: str, window: tuple[float, float], inside: bool) -> float:
-        """The longest call of ``kind`` overlapping ``window`` (or, ``inside`` false, not touching it), in ms."""
+    def durations(self, kind: str, window: tuple[float, float], inside: bool) -> list[float]:
+        """The calls of ``kind`` overlapping ``window`` (or, ``inside`` false, not touching it), in ms."""
         start, end = window
-        times = [(e - s) * 1000 for k, s, e in self.calls
-                 if k == kind and (s < end and e > start) == inside]
-        return max(times, default=0.0)
+        return [(e - s) * 1000 for k, s, e in self.calls if k == kind and (s < end and e > start) == inside]
+
+    def longest(self, kind: str, window: tuple[float, float], inside: bool) -> float:
+        return max(self.durations(kind, window, inside), default=0.0)
 
     def median(self, kind: str) -> float:
         return statistics.median((e - s) * 1000 for k, s, e in self.calls if k == kind)
 
     def over(self, kind: str, window: tuple[float, float], milliseconds: float) -> tuple[int, int]:
         """(calls of ``kind`` overlapping ``window`` that took over ``milliseconds``, all that overlapped it)."""
-        start, end = window
-        inside = [(e - s) * 1000 for k, s, e in self.calls if k == kind and s < end and e > start]
+        inside = self.durations(kind, window, True)
         return sum(t > milliseconds for t in inside), len(inside)
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/self/status has no VmRSS line")
 
 
 def measure(size: int, embedder: Embedder) -> dict:
@@ -168,7 +161,7 @@ def measure(size: int, embedder: Embedder) -> dict:
             time.sleep(3)
         figures["snapshot_s"] = round(window[1] - window[0], 2)
         figures["longest_lock_hold_ms"] = store.last_snapshot["longest_lock_hold_ms"]
-        figures["server_rss_bytes"] = resident_bytes()
+        figures["server_rss_bytes"] = status_bytes("VmRSS")
         figures["worker_peak_rss_bytes"] = store.last_snapshot["worker_peak_rss_bytes"]
         figures["writes_over_target"], figures["writes_during"] = load.over("write", window, TARGET_MS)
         for kind in ("write", "search"):

@@ -69,16 +69,16 @@ def main(argv: list[str] | None = None) -> None:
                             Picture(args.seq, args.log, args.log_end))
     except PictureMismatch as exc:
         sys.exit(f"snapshot worker: {exc}; nothing was written")
-    print(json.dumps({"peak_rss_bytes": peak_resident_bytes()}))
+    # VmHWM, not getrusage: that would count the server's pages too, which a spawned process holds until exec.
+    print(json.dumps({"peak_rss_bytes": status_bytes("VmHWM")}))
 
 
-def peak_resident_bytes() -> int:
-    """This process's peak resident memory (``VmHWM``; ``getrusage`` would count the server's too,
-    which a spawned process inherits until it runs this program)."""
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from ``/proc/self/status`` (``VmRSS``, ``VmHWM``...), in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise OSError("/proc/self/status has no VmHWM line")
+    raise OSError(f"/proc/self/status has no {field} line")
 
 
 if __name__ == "__main__":
