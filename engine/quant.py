@@ -2,8 +2,10 @@
 scale per output row, activations untouched.
 
 Decode reads the weights once per token, so it is bound by their bytes: int8 reads a quarter of
-fp32 and half of bf16. On the CPU the matmul is torch's ``_weight_int8pack_mm`` (int8 weights,
-fp32/bf16 activations, no dequantised copy); elsewhere the rows are dequantised on the fly.
+fp32 and half of bf16. On the CPU one activation row (decode) goes through the engine's own C
+kernels (``engine.native``: a matmul, and a whole sparse-MoE layer in one call) where they are
+built, a few rows through torch's ``_weight_int8pack_mm`` (int8 weights, fp32/bf16 activations, no
+dequantised copy); elsewhere the rows are dequantised on the fly.
 Embeddings, norms and the router stay in full precision (the router decides which experts run).
 """
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import native
 from engine.model import CausalLM, Experts
 
 # Rows up to which the int8 kernel beats widening the weights for a regular matmul (bf16, 2 threads,
@@ -37,7 +40,9 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.
     if scale.dtype != flat.dtype:
         scale = scale.to(flat.dtype)
     kernel = flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.bfloat16)
-    if kernel and flat.shape[0] <= INT8_KERNEL_ROWS:
+    if kernel and flat.shape[0] == 1 and native.usable(flat):
+        out = native.int8_gemv(flat, q, scale)
+    elif kernel and flat.shape[0] <= INT8_KERNEL_ROWS:
         out = torch._weight_int8pack_mm(flat.contiguous(), q, scale)
     else:
         out = F.linear(flat, q.to(flat.dtype)) * scale
@@ -82,6 +87,15 @@ class Int8Experts(Experts):
     def expert(self, x: torch.Tensor, index: int) -> torch.Tensor:
         gate, up = int8_matmul(x, self.gate_up_q[index], self.gate_up_scale[index]).chunk(2, dim=-1)
         return int8_matmul(F.silu(gate) * up, self.down_q[index], self.down_scale[index])
+
+    def row_by_row(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Decode: each row's whole layer in one native call where the kernels are built (fp32 sums
+        and activations), else the parent's expert-by-expert loop."""
+        if not native.usable(x):
+            return super().row_by_row(x, weights, experts)
+        return torch.cat([native.int8_moe(x[row : row + 1], weights[row], experts[row], self.gate_up_q,
+                                          self.gate_up_scale, self.down_q, self.down_scale)
+                          for row in range(x.shape[0])])
 
 
 def quantize_int8(model: CausalLM) -> CausalLM:

@@ -22,7 +22,9 @@ from engine.loader import load_model
 from engine.quant import Int8Experts, Int8Linear, int8_matmul, quantize_int8, quantize_rows
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 4, 64), (5, 3, 64)])  # the int8 kernel and the widened matmul
+# torch's int8 kernel (a few rows) and the widened matmul; one row goes to the native kernel where it is
+# built, which rounds the activations (tests/test_native.py)
+@pytest.mark.parametrize("shape", [(1, 2, 64), (2, 4, 64), (5, 3, 64)])
 def test_int8_matmul_is_exact_on_the_quantised_weights(shape) -> None:
     torch.manual_seed(0)
     weight, x = torch.randn(96, 64), torch.randn(*shape)

@@ -6,7 +6,8 @@ with transformers' ``MellumForCausalLM``; (b) the default model (SmolLM2-135M-In
 by each side from the same file.
 
 Each side runs in every dtype it offers here (ours: fp32 and bf16 with weights reordered for
-oneDNN once, as the engine runs them on a CPU, int8 weights with bf16 activations, and for the
+oneDNN once, as the engine runs them on a CPU, int8 weights with bf16 activations (one-row decode
+through the engine's native kernels, ``engine.native``, when built: the report says), and for the
 default model bf16 (not reordered) and int8 under ``torch.compile``; transformers: fp32, bf16, and
 for the default model bf16 under ``torch.compile``). The main table pairs like with like (fp32
 with fp32, bf16 with bf16, compiled with compiled, our int8 with llama.cpp's Q8_0); a second
@@ -62,7 +63,7 @@ from bench.engine.report import report
 from bench.engine.speculative import speculative_figures
 from bench.engine.variants import Variant, fastest, measure
 from bench.report import RESULTS, progress, provenance, write
-from engine import Engine, default_model_path
+from engine import Engine, default_model_path, native
 from engine.config import from_hf_dict
 from engine.loader import build_model, load_model
 
@@ -97,7 +98,7 @@ def main() -> None:
         return
     limits = machine_limits(args.threads)
     raw: dict[str, dict[str, dict[str, float]]] = {}
-    extra: dict[str, object] = {"limits": limits, "cpu_has_amx": cpu_has_amx()}
+    extra: dict[str, object] = {"limits": limits, "cpu_has_amx": cpu_has_amx(), "int8_kernels": native.status()}
     folder = Path(tempfile.mkdtemp(prefix="focal-bench-"))
     for label in ("mellum", "default"):
         state = mellum_state() if label == "mellum" else None

@@ -131,6 +131,11 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         f"mellum {extra['mellum_bandwidth_fraction_decode']:.2f}, default "
         f"{extra['default_bandwidth_fraction_decode']:.2f}.",
     ]
+    if "int8_kernels" in extra:
+        lines.append(f"Our int8 decode steps (one row) ran on the native kernels (engine/int8_kernels.c): "
+                     f"{extra['int8_kernels']}; activations rounded to int16 with one scale per row, weights int8 "
+                     f"with one scale per output row (llama.cpp's Q8_0: activations to int8 per block of 32, "
+                     f"weights int8 per block of 32).")
     lines += agreement_lines(raw, extra)
     if "default_prefix_reuse" in extra:
         reuse = extra["default_prefix_reuse"]

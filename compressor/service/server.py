@@ -31,7 +31,7 @@ from compressor.service.metrics import Metrics
 from compressor.service.protocol import request_parser
 from compressor.service.scheduler import Hooks, Scheduler
 from compressor.service.settings import Settings
-from engine import Engine, EngineOptions
+from engine import Engine, EngineOptions, native
 from engine.device import parse_device, parse_dtype
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Compressor"].full_name
@@ -45,6 +45,8 @@ def _load_engine(settings: Settings) -> Engine:
     options = EngineOptions(prefix_cache_bytes=settings.prefix_cache_mb << 20, compile_model=settings.compile)
     engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device,
                          quantize=settings.quantize, options=options)
+    if settings.quantize == "int8":
+        log.info("int8 decode kernels", extra={"fields": {"native": native.status()}})
     if settings.compile:
         log.info("compiling the model before serving", extra={"fields": {}})
         seconds = round(engine.warm_up(), 1)
