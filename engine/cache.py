@@ -60,6 +60,17 @@ class _StoredKV:
         return 0 if self.keys is None else self.keys.shape[2]
 
 
+# A decode step attends over its keys padded to a multiple of this many positions where the
+# storage has room (the padding is masked out; storage is never grown for it): on the CPU, oneDNN
+# builds a matmul kernel for every new shape, which costs several times the matmul itself, so a
+# length that changed every step would pay that on every step.
+ATTEND_STEP = 256
+
+
+def padded(end: int) -> int:
+    return -(-end // ATTEND_STEP) * ATTEND_STEP
+
+
 GROWTH_FACTOR = 1.25  # a full layer's storage grows by a quarter: appending stays amortised (each
 # position is copied about five times in all) and the storage holds at most a quarter more than its
 # positions, where doubling would hold up to twice as much just past a power of two.
@@ -73,12 +84,18 @@ class FullKV(_StoredKV):
         super().__init__(shape)
         self.growth = growth
 
+    def capacity_for(self, needed: int) -> int:
+        """The storage ``reserve(needed, exact=False)`` leaves."""
+        capacity = self.stored_positions
+        if needed <= capacity:
+            return capacity
+        return (max(needed, int(capacity * GROWTH_FACTOR)) + self.growth - 1) // self.growth * self.growth
+
     def reserve(self, needed: int, exact: bool = True) -> None:
         capacity = self.stored_positions
         if needed <= capacity:
             return
-        size = needed if exact else \
-            (max(needed, int(capacity * GROWTH_FACTOR)) + self.growth - 1) // self.growth * self.growth
+        size = needed if exact else self.capacity_for(needed)
         keys, values = self.shape.empty(size), self.shape.empty(size)
         if capacity:
             keys[:, :, : self.offset] = self.keys[:, :, : self.offset]
@@ -86,17 +103,24 @@ class FullKV(_StoredKV):
         self.keys, self.values = keys, values
 
     def key_positions(self, new: int) -> torch.Tensor:
-        """Absolute positions of the keys attended over when ``new`` tokens arrive."""
-        return torch.arange(self.offset + new, device=self.shape.device)
+        """Absolute positions of the keys attended over when ``new`` tokens arrive (a decode step:
+        padded, within the storage, with positions after its own, which the causal mask hides)."""
+        end = self.offset + new
+        return torch.arange(self._span(end, self.capacity_for(end)) if new == 1 else end, device=self.shape.device)
+
+    @staticmethod
+    def _span(end: int, capacity: int) -> int:
+        return min(padded(end), capacity)
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's K/V [B, H, T, D]; return the keys/values to attend over."""
         end = self.offset + k.shape[2]
         self.reserve(end, exact=False)
+        span = self._span(end, self.stored_positions) if k.shape[2] == 1 else end
         self.keys[:, :, self.offset : end] = k
         self.values[:, :, self.offset : end] = v
         self.offset = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return self.keys[:, :, :span], self.values[:, :, :span]
 
     def copy(self, batch: int) -> FullKV:
         """``batch`` rows, each a copy of this single-row layer."""
@@ -129,8 +153,9 @@ class RingKV(_StoredKV):
         """Absolute positions of the keys attended over when ``new`` tokens arrive, in storage order."""
         start, end, window, device = self.offset, self.offset + new, self.window, self.shape.device
         if new == 1:
-            # Decode writes first and attends over the ring itself.
-            slots = torch.arange(window, device=device)
+            # Decode writes first and attends over the ring's first slots, padded (see ATTEND_STEP),
+            # or all of them; slots not yet written have negative positions, which the mask hides.
+            slots = torch.arange(min(padded(end), window), device=device)
             return end - 1 - (end - 1 - slots) % window
         held = min(start, window)
         slots = torch.arange(held, device=device)
@@ -148,7 +173,8 @@ class RingKV(_StoredKV):
             ring_k[:, :, slot : slot + 1] = k
             ring_v[:, :, slot : slot + 1] = v
             self.offset += 1
-            return ring_k, ring_v
+            span = min(padded(self.offset), window)  # as key_positions: slots fill in order until the ring wraps
+            return ring_k[:, :, :span], ring_v[:, :, :span]
         held = min(self.offset, window)
         keys = torch.cat((ring_k[:, :, :held], k), dim=2) if held else k
         values = torch.cat((ring_v[:, :, :held], v), dim=2) if held else v

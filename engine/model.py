@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import native
 from engine.cache import KVCache, LayerKV, RingKV
 from engine.config import SLIDING, SPARSE, ModelConfig
 from engine.rope import RotaryEmbedding, apply_rotary
@@ -52,7 +53,10 @@ class ForwardOptions:
 def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One query per row (decode) on the CPU, as two small matmuls per key/value head group: SDPA's
     CPU kernel tiles for many queries and spends most of a decode step's attention time on one.
-    Scores and softmax in fp32 whatever the dtype (as SDPA accumulates)."""
+    Scores and softmax in fp32 whatever the dtype (as SDPA accumulates). Where the engine's C
+    kernels are built, one call of ``native.decode_attention`` does it all in fp32 instead."""
+    if q.dtype == keys.dtype == values.dtype and native.usable(q):
+        return native.decode_attention(q, keys, values, mask)
     batch, heads, _, dim = q.shape
     kv_heads = keys.shape[1]
     grouped = q.reshape(batch, kv_heads, heads // kv_heads, dim)

@@ -1,5 +1,6 @@
-"""The engine's C kernels (``int8_kernels.c``): built once with the system C compiler, loaded with
-ctypes, used for int8 decode on the CPU.
+"""The engine's C kernels for decode steps on the CPU: int8 matmuls and sparse-MoE layers
+(``int8_kernels.c``) and one-query attention over the KV cache (``decode_attention.c``). Built once
+with the system C compiler into one shared library, loaded with ctypes.
 
 Building takes about a second; ``scripts/setup.sh`` and the image build do it at install
 (``python -c 'from engine import native; print(native.status())'``), else the first int8 decode
@@ -7,8 +8,8 @@ step does. The shared library is kept under ``$FOCAL_NATIVE_DIR`` (default
 ``~/.cache/focal/native``), named by a hash of the source and the flags, so an edited source is
 rebuilt and never loaded stale. ``FOCAL_NATIVE_ISA=avx2|plain`` caps the vector width.
 Where there is no compiler, the CPU is not x86-64 or ``FOCAL_NATIVE=0`` is set, the kernels are
-unavailable and int8 falls back to PyTorch's ``_weight_int8pack_mm``; ``status()`` says which, and
-the server logs it at start.
+unavailable and decode falls back to PyTorch (``_weight_int8pack_mm``, two matmuls for attention);
+``status()`` says which, and the server logs it at start.
 
 Under ``torch.compile`` the kernels are custom operators (``torch.ops.focal.*``) with shape-only fake
 implementations, so a compiled graph keeps them instead of breaking at a ctypes call; eager code
@@ -32,7 +33,7 @@ import torch
 
 log = logging.getLogger("focal.engine")
 
-SOURCE = Path(__file__).with_name("int8_kernels.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("int8_kernels.c", "decode_attention.c"))
 FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp")
 LEVELS = {0: "plain C", 1: "AVX2", 2: "AVX-512 VNNI"}
 
@@ -50,8 +51,8 @@ def cache_dir() -> Path:
 
 
 def library_path() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    return cache_dir() / f"int8_kernels-{platform.machine()}-{digest}.so"
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(FLAGS).encode())
+    return cache_dir() / f"focal_kernels-{platform.machine()}-{digest.hexdigest()[:16]}.so"
 
 
 def build() -> Path:
@@ -69,7 +70,8 @@ def build() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
         try:
-            done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True)
+            done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(partial)], capture_output=True,
+                                  text=True)
         except OSError as exc:
             raise NativeBuildError(f"cannot run the C compiler {compiler}: {exc.strerror}") from exc
         if done.returncode:
@@ -91,6 +93,9 @@ def _load() -> ctypes.CDLL:
     lib.focal_int8_moe.argtypes = [pointer, i64, pointer, pointer, pointer, pointer, pointer, pointer, c_int,
                                    i64, i64, pointer, c_int]
     lib.focal_int8_moe.restype = c_int
+    lib.focal_decode_attention.argtypes = [pointer, pointer, pointer, pointer, c_int, *[i64] * 13, ctypes.c_float,
+                                           pointer, c_int]
+    lib.focal_decode_attention.restype = c_int
     cap = os.environ.get("FOCAL_NATIVE_ISA", "")
     if cap and cap not in ISA_CAPS:
         raise NativeBuildError(f"FOCAL_NATIVE_ISA={cap!r}: use one of {', '.join(ISA_CAPS)}")
@@ -124,6 +129,7 @@ def status() -> str:
 
 
 def usable(x: torch.Tensor) -> bool:
+    """Whether the kernels can take ``x`` (CPU, fp32 or bf16) and are built."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return False
     # Once settled, a plain read (no lock): torch.compile traces this and cannot enter a lock.
@@ -166,6 +172,21 @@ def _moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up_
     return out.to(x.dtype).reshape(1, hidden)
 
 
+def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    batch, heads, _, dim = q.shape
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    keys, values = (t if t.stride(-1) == 1 else t.contiguous() for t in (keys, values))
+    row_mask = mask.reshape(-1).float().contiguous()
+    out = torch.empty(batch, heads, 1, dim, dtype=q.dtype)
+    _checked(library().focal_decode_attention(
+        q.data_ptr(), keys.data_ptr(), values.data_ptr(), row_mask.data_ptr(), q.dtype == torch.bfloat16,
+        batch, heads, keys.shape[1], keys.shape[2], dim, q.stride(0), q.stride(1),
+        keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
+        dim**-0.5, out.data_ptr(), torch.get_num_threads()))
+    return out
+
+
 @torch.library.custom_op("focal::int8_gemv", mutates_args=())
 def _gemv_op(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _gemv(x, q, scale)
@@ -185,6 +206,26 @@ def _moe_op(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_
 @_moe_op.register_fake
 def _(x, weights, experts, gate_up_q, gate_up_scale, down_q, down_scale) -> torch.Tensor:
     return x.new_empty(1, down_q.shape[1])
+
+
+@torch.library.custom_op("focal::decode_attention", mutates_args=())
+def _attention_op(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return _attention(q, keys, values, mask)
+
+
+@_attention_op.register_fake
+def _(q, keys, values, mask) -> torch.Tensor:
+    return q.new_empty(q.shape)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query per head, q [B, H, 1, D], over keys/values [B, Hkv, S, D] of q's dtype with the
+    additive mask [1, S] shared by every row and head: softmax(q K^T / sqrt(D) + mask) V in fp32,
+    the result [B, H, 1, D] in q's dtype; masked (-inf) positions are not read. Requires
+    ``usable(q)``."""
+    if torch.compiler.is_compiling():
+        return _attention_op(q, keys, values, mask)
+    return _attention(q, keys, values, mask)
 
 
 def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

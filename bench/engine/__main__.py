@@ -7,10 +7,11 @@ by each side from the same file.
 
 Each side runs in every dtype it offers here (ours: fp32 and bf16 with weights reordered for
 oneDNN once, as the engine runs them on a CPU, int8 weights with bf16 activations (one-row decode
-through the engine's native kernels, ``engine.native``, when built: the report says), and for the
-default model bf16 (not reordered) and int8 under ``torch.compile``; transformers: fp32, bf16, and
-for the default model bf16 under ``torch.compile``). The main table pairs like with like (fp32
-with fp32, bf16 with bf16, compiled with compiled, our int8 with llama.cpp's Q8_0); a second
+through the engine's native kernels, ``engine.native``, when built: the report says), int8 under
+``torch.compile`` too, and for the default model bf16 (not reordered) under ``torch.compile``;
+transformers: fp32, bf16, and for the default model bf16 under ``torch.compile``). The main table
+pairs like with like (fp32 with fp32, bf16 with bf16, compiled with compiled, our int8, eager and
+compiled, with llama.cpp's Q8_0, compiled C++); a second
 table, labelled as such, compares each side's fastest variant (the brackets say which). Sides
 alternate inside every repeat and the best repeat counts, so machine noise hits all alike; the
 slice's sides are measured in two groups (fp32; bf16 and int8), each with its like-for-like peer,

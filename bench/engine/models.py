@@ -32,8 +32,9 @@ def theirs_mellum(state: dict[str, torch.Tensor], dtype: torch.dtype):
 
 def mellum_groups(state: dict[str, torch.Tensor]) -> list[Callable[[], dict[Variant, object]]]:
     """The slice's sides in two groups, built and measured one after the other (fp32; then bf16 and
-    int8), each side alternating with its like-for-like peer: all at once would need ~28 GB. Our
-    int8 and bf16 are built one by one so that at most one transient bf16 copy exists."""
+    int8, eager and compiled), each side alternating with its like-for-like peer: all at once would
+    need ~28 GB. Our int8 and bf16 are built one by one so that at most one transient bf16 copy
+    exists; int8 eager and compiled share one model."""
     config = from_hf_dict(MELLUM_SLICE)
 
     def fp32() -> dict[Variant, object]:
@@ -41,9 +42,10 @@ def mellum_groups(state: dict[str, torch.Tensor]) -> list[Callable[[], dict[Vari
                 Variant("transformers", "fp32"): Theirs(theirs_mellum(state, torch.float32))}
 
     def bf16() -> dict[Variant, object]:
-        int8 = Ours(quantize_int8(build_model(config, state, torch.bfloat16)))
+        int8 = quantize_int8(build_model(config, state, torch.bfloat16))
         return {OURS_BF16: Ours(pack_weights(build_model(config, state, torch.bfloat16))),
-                Variant("ours", "int8"): int8,
+                Variant("ours", "int8"): Ours(int8),
+                Variant("ours", "int8", compiled=True): Ours(int8, compiled=True),  # the same weights
                 Variant("transformers", "bf16"): Theirs(theirs_mellum(state, torch.bfloat16))}
 
     return [fp32, bf16]

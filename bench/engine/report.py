@@ -21,7 +21,8 @@ LIKE_PAIRS = {
                      (Variant("ours", "bf16", True), Variant("transformers", "bf16", True))],
     "llama.cpp": [(Variant("ours", "fp32"), Variant("llama.cpp", "F32")),
                   (Variant("ours", "bf16"), Variant("llama.cpp", "BF16")),
-                  (Variant("ours", "int8"), Variant("llama.cpp", "Q8_0"))],
+                  (Variant("ours", "int8"), Variant("llama.cpp", "Q8_0")),
+                  (Variant("ours", "int8", True), Variant("llama.cpp", "Q8_0"))],
 }
 FIGURES = [(f"prefill_{n}_tok_s", f"prefill_{n}", True) for n in (512, 2048, 8192)] + [
     ("decode_ms_per_token", "decode", False)]
@@ -100,7 +101,7 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
                     figures=with_llama)
         int8, q8_0 = Variant("ours", "int8"), Variant("llama.cpp", "Q8_0")
         if label == "mellum" and q8_0 in with_llama and int8 in with_llama:
-            q8 = {k: with_llama[k] for k in (int8, q8_0)}
+            q8 = {k: with_llama[k] for k in (int8, Variant("ours", "int8", True), q8_0) if k in with_llama}
             compare(label, "decode_ms_per_token", "llama.cpp", "llamacpp_mellum_q8_decode", higher=False, figures=q8,
                     figure="decode, int8 vs Q8_0")
     for key in ("roofline_fraction_prefill_2048", "bandwidth_fraction_decode"):
@@ -132,10 +133,11 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
         f"{extra['default_bandwidth_fraction_decode']:.2f}.",
     ]
     if "int8_kernels" in extra:
-        lines.append(f"Our int8 decode steps (one row) ran on the native kernels (engine/int8_kernels.c): "
-                     f"{extra['int8_kernels']}; activations rounded to int16 with one scale per row, weights int8 "
-                     f"with one scale per output row (llama.cpp's Q8_0: activations to int8 per block of 32, "
-                     f"weights int8 per block of 32).")
+        lines.append(f"Our decode steps ran on the engine's C kernels, {extra['int8_kernels']}: attention over the "
+                     f"KV cache in every dtype (engine/decode_attention.c; runs before it were measured with two "
+                     f"PyTorch matmuls), int8 matmuls (engine/int8_kernels.c): activations rounded to int16 with one "
+                     f"scale per row, weights int8 with one scale per output row (llama.cpp's Q8_0: activations to "
+                     f"int8 per block of 32, weights int8 per block of 32).")
     lines += agreement_lines(raw, extra)
     if "default_prefix_reuse" in extra:
         reuse = extra["default_prefix_reuse"]

@@ -45,8 +45,8 @@ def _load_engine(settings: Settings) -> Engine:
     options = EngineOptions(prefix_cache_bytes=settings.prefix_cache_mb << 20, compile_model=settings.compile)
     engine = Engine.load(settings.model or None, dtype=parse_dtype(settings.dtype, device), device=device,
                          quantize=settings.quantize, options=options)
-    if settings.quantize == "int8":
-        log.info("int8 decode kernels", extra={"fields": {"native": native.status()}})
+    if device.type == "cpu":
+        log.info("decode kernels", extra={"fields": {"native": native.status()}})
     if settings.compile:
         log.info("compiling the model before serving", extra={"fields": {}})
         seconds = round(engine.warm_up(), 1)
