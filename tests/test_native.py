@@ -201,8 +201,10 @@ def _run(**env: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-def test_every_vector_width_computes_the_same_sums() -> None:
-    runs = {isa: _run(FOCAL_NATIVE_ISA=isa) for isa in ("avx512", "avx2", "plain")}
+def test_every_vector_width_computes_the_same_sums(tmp_path) -> None:
+    fresh = {"FOCAL_NATIVE_DIR": str(tmp_path)}  # the first run builds the library from the source
+    runs = {isa: _run(FOCAL_NATIVE_ISA=isa, **fresh) for isa in ("avx512", "avx2", "plain")}
+    assert [path.name for path in tmp_path.iterdir()] == [native.library_path().name]
     assert runs["plain"][0] == "loaded (plain C)" and runs["avx2"][0] == "loaded (AVX2)"
     values = {isa: torch.tensor(json.loads(lines[1])) for isa, lines in runs.items()}
     assert torch.allclose(values["avx2"], values["plain"], rtol=1e-6, atol=1e-6)
