@@ -116,3 +116,19 @@ def test_the_log_is_fsynced_before_each_acknowledgement(tmp_path, embedder, monk
     store.delete("wiki", ["seine"])
     assert events == ["wal.log"]
     store.close(snapshot=False)
+
+
+def test_a_store_opened_without_its_log_reports_stats_and_refuses_writes(tmp_path, embedder):
+    expected = written(tmp_path, embedder, close_with_snapshot=True)
+    store = IndexStore(tmp_path, embedder, open_log=False)  # as the repair opens it
+    try:
+        stats = store.stats()
+        assert stats["namespaces"]["wiki"]["documents"] == len(expected) and stats["log_bytes"] == 0
+        with pytest.raises(RuntimeError, match="opened without its log"):
+            store.upsert("wiki", [Document("po", "The Po crosses the north of Italy.")])
+        assert documents(store) == expected
+    finally:
+        store.close()
+    reopened = IndexStore(tmp_path, embedder)  # the directory was released, and nothing was written
+    assert documents(reopened) == expected
+    reopened.close()

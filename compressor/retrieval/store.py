@@ -111,6 +111,7 @@ class IndexStore:
         self.snapshot_worker: subprocess.Popen | None = None  # while a background snapshot is being written
         self._worker_guard = threading.Lock()  # ``snapshot_worker`` and ``_closing``: close stops a running worker
         self._closing = False
+        self.wal: WriteAheadLog | None = None  # None: opened without the log (snapshot only, or as of a byte)
         self._lock_file = self._acquire() if as_of_log_end is None else None
         try:
             try:
@@ -255,6 +256,9 @@ class IndexStore:
         holds ``_writing`` (not ``_lock``) and made ``header`` from the state under ``_lock``; no other
         write can come between. The fsync runs outside ``_lock``, so searches and snapshot slices go
         on meanwhile, and they see the write only once it is durable."""
+        if self.wal is None:
+            raise RuntimeError(f"the index at {self.root} was opened without its log (snapshot only, or as of a "
+                               "byte of it) and takes no writes")
         self.wal.append(header, body)
         end = self.wal.end
         with self._lock:
@@ -415,7 +419,7 @@ class IndexStore:
                 "dim": self.embedder.dim if self.embedder else 0,
                 "index": self.spec.describe(),
                 "log": self.wal_name,
-                "log_bytes": self.wal.end,
+                "log_bytes": self.wal.end if self.wal is not None else 0,
                 "snapshot_bytes": self.snapshot_bytes,
                 "last_snapshot": self.last_snapshot,
                 "seq": self.seq,
@@ -517,10 +521,10 @@ class IndexStore:
             if self.snapshot_worker is not None:
                 self.snapshot_worker.kill()
         self.settle()
-        if snapshot and hasattr(self, "wal"):
+        if snapshot and self.wal is not None:
             self.snapshot()
         with self._writing, self._lock:
-            if hasattr(self, "wal"):
+            if self.wal is not None:
                 self.wal.close()
             self._release()
 
