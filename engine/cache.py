@@ -149,13 +149,17 @@ class RingKV(_StoredKV):
     def reserve(self, needed: int, exact: bool = True) -> None:
         """A ring never needs more than its window."""
 
+    def _span(self, end: int) -> int:
+        """The ring slots a decode step ending at ``end`` attends over: padded, at most the ring."""
+        return min(padded(end), self.window)
+
     def key_positions(self, new: int) -> torch.Tensor:
         """Absolute positions of the keys attended over when ``new`` tokens arrive, in storage order."""
         start, end, window, device = self.offset, self.offset + new, self.window, self.shape.device
         if new == 1:
             # Decode writes first and attends over the ring's first slots, padded (see ATTEND_STEP),
             # or all of them; slots not yet written have negative positions, which the mask hides.
-            slots = torch.arange(min(padded(end), window), device=device)
+            slots = torch.arange(self._span(end), device=device)
             return end - 1 - (end - 1 - slots) % window
         held = min(start, window)
         slots = torch.arange(held, device=device)
@@ -173,7 +177,7 @@ class RingKV(_StoredKV):
             ring_k[:, :, slot : slot + 1] = k
             ring_v[:, :, slot : slot + 1] = v
             self.offset += 1
-            span = min(padded(self.offset), window)  # as key_positions: slots fill in order until the ring wraps
+            span = self._span(self.offset)  # as key_positions: slots fill in order until the ring wraps
             return ring_k[:, :, :span], ring_v[:, :, :span]
         held = min(self.offset, window)
         keys = torch.cat((ring_k[:, :, :held], k), dim=2) if held else k

@@ -16,15 +16,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "bf16.h"
+
 static inline void widen(const void *src, int bf16, int64_t n, float *dst) {
     if (bf16) {
         const uint16_t *s = (const uint16_t *)src;
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) {
-            union { uint32_t u; float f; } c;
-            c.u = (uint32_t)s[i] << 16;
-            dst[i] = c.f;
-        }
+        for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_float(s[i]);
     } else {
         const float *s = (const float *)src;
         for (int64_t i = 0; i < n; i++) dst[i] = s[i];
@@ -32,15 +30,10 @@ static inline void widen(const void *src, int bf16, int64_t n, float *dst) {
 }
 
 static inline void narrow(const float *src, int bf16, int64_t n, void *dst) {
-    if (!bf16) {
+    if (bf16)
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = float_to_bf16(src[i]);
+    else
         for (int64_t i = 0; i < n; i++) ((float *)dst)[i] = src[i];
-        return;
-    }
-    for (int64_t i = 0; i < n; i++) { /* round to nearest even; NaN stays NaN */
-        union { uint32_t u; float f; } c;
-        c.f = src[i];
-        ((uint16_t *)dst)[i] = isnan(src[i]) ? 0x7fc0 : (uint16_t)((c.u + 0x7fff + ((c.u >> 16) & 1)) >> 16);
-    }
 }
 
 /* One (batch row, kv head): ``group`` query rows [group, dim] (fp32, scaled) against ``positions`` rows. */

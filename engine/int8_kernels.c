@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "bf16.h"
+
 #define CHUNK 2048 /* elements per int32 partial sum: 2048 * 127 * 32767 < 2^31 */
 #define X_MAX 32767.0f
 
@@ -101,10 +103,7 @@ int focal_int8_level(int most) {
 }
 
 static inline float scale_at(const void *scale, int scale_bf16, int64_t i) {
-    if (!scale_bf16) return ((const float *)scale)[i];
-    union { uint32_t u; float f; } v;
-    v.u = (uint32_t)((const uint16_t *)scale)[i] << 16;
-    return v.f;
+    return scale_bf16 ? bf16_to_float(((const uint16_t *)scale)[i]) : ((const float *)scale)[i];
 }
 
 /* x -> out as 16-bit integers with one scale (returned): x ~= out * scale. */
@@ -124,19 +123,6 @@ static float round_to_int16(const float *x, int64_t k, int16_t *out) {
     return largest / X_MAX;
 }
 
-static inline float bf16_at(const uint16_t *v, int64_t i) {
-    union { uint32_t u; float f; } c;
-    c.u = (uint32_t)v[i] << 16;
-    return c.f;
-}
-
-static inline uint16_t to_bf16(float f) { /* round to nearest even, as PyTorch does; NaN stays NaN */
-    union { uint32_t u; float f; } c;
-    c.f = f;
-    if (isnan(f)) return 0x7fc0;
-    return (uint16_t)((c.u + 0x7fff + ((c.u >> 16) & 1)) >> 16);
-}
-
 /* y[r] = scale[r] * dot(q[r, :], x) for r < n; x [k], q [n, k]; x and y are bf16 when ``bf16`` is set,
  * else fp32 (the scale's type is separate). Returns 0, or -1 if out of memory. */
 int focal_int8_gemv(const void *x, int bf16, const int8_t *q, const void *scale, int scale_bf16, void *y, int64_t n,
@@ -149,13 +135,13 @@ int focal_int8_gemv(const void *x, int bf16, const int8_t *q, const void *scale,
         return -1;
     }
     if (bf16)
-        for (int64_t i = 0; i < k; i++) widened[i] = bf16_at((const uint16_t *)x, i);
+        for (int64_t i = 0; i < k; i++) widened[i] = bf16_to_float(((const uint16_t *)x)[i]);
     const float x_scale = round_to_int16(bf16 ? widened : (const float *)x, k, xq);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < n; r++) {
         const float v = scale_at(scale, scale_bf16, r) * x_scale * dot(q + r * k, xq, k);
         if (bf16)
-            ((uint16_t *)y)[r] = to_bf16(v);
+            ((uint16_t *)y)[r] = float_to_bf16(v);
         else
             ((float *)y)[r] = v;
     }

@@ -34,6 +34,7 @@ import torch
 log = logging.getLogger("focal.engine")
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("int8_kernels.c", "decode_attention.c"))
+HEADERS = (Path(__file__).with_name("bf16.h"),)  # part of the build: an edited header is rebuilt too
 FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp")
 LEVELS = {0: "plain C", 1: "AVX2", 2: "AVX-512 VNNI"}
 
@@ -51,7 +52,7 @@ def cache_dir() -> Path:
 
 
 def library_path() -> Path:
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(FLAGS).encode())
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in (*SOURCES, *HEADERS)) + " ".join(FLAGS).encode())
     return cache_dir() / f"focal_kernels-{platform.machine()}-{digest.hexdigest()[:16]}.so"
 
 
@@ -146,7 +147,7 @@ def _scale_kind(scale: torch.Tensor) -> int:
 
 def _checked(code: int) -> None:
     if code:
-        raise MemoryError("the native int8 kernel could not allocate its scratch space")
+        raise MemoryError("a native decode kernel could not allocate its scratch space")
 
 
 def _gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -163,6 +164,8 @@ def _moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up_
     row = x.reshape(-1).float().contiguous()
     chosen = experts.reshape(-1).to(torch.int64).contiguous()
     routing = weights.reshape(-1).float().contiguous()
+    gate_up_q, gate_up_scale, down_q, down_scale = (
+        t.contiguous() for t in (gate_up_q, gate_up_scale, down_q, down_scale))  # the C code reads them flat
     inter, hidden = down_q.shape[2], down_q.shape[1]
     out = torch.empty(hidden, dtype=torch.float32)
     _checked(library().focal_int8_moe(row.data_ptr(), chosen.shape[0], chosen.data_ptr(), routing.data_ptr(),
