@@ -1,5 +1,11 @@
-"""A Milvus Lite server as a child process on loopback: a real Milvus gRPC endpoint (the protocol a
-Milvus cluster speaks) for tests and benchmarks, with its data in a local directory."""
+"""Milvus servers as child processes on loopback, for tests and benchmarks, with their data in a
+local directory. Both speak the gRPC protocol a Milvus cluster speaks:
+
+- ``MilvusLite``: ``milvus-lite`` 3.x, Milvus's pure-Python engine (starts in a second; its search
+  walks every row in Python, so its latency says nothing about Milvus's).
+- ``MilvusStandalone``: the Milvus server itself (Go and C++, knowhere's search), version 2.3.5 as
+  the ``milvus`` PyPI package ships it, with embedded etcd and local storage: the database a
+  cluster runs, on one machine."""
 
 from __future__ import annotations
 
@@ -59,3 +65,42 @@ class MilvusLite:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class MilvusStandalone:
+    """The ``milvus`` package's Milvus 2.3.5 standalone server on 127.0.0.1, its data, logs and
+    unpacked binaries in ``data_dir``; ``uri`` is what pymilvus takes. Configuration is Milvus's
+    default (e.g. the proxy's 200 ms time tick, which bounds how long a Strong search waits)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.server = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> MilvusStandalone:
+        """Start and wait until its health check answers (bounded by ``timeout`` seconds)."""
+        try:
+            from milvus import MilvusServer, MilvusServerConfig
+        except ImportError as error:
+            raise RuntimeError("the Milvus standalone server needs the 'milvus' package (pip install milvus==2.3.5, "
+                               "in the test and bench extras)") from error
+        config = MilvusServerConfig(data_dir=str(self.data_dir), proxy_port=self.port)
+        self.server = MilvusServer(config, wait_for_started=False)
+        self.server.start()
+        try:
+            self.server.wait_started(timeout=int(timeout * 1000))
+        except (TimeoutError, RuntimeError) as error:
+            log = self.data_dir / "logs" / "milvus-stderr.log"
+            self.stop()
+            raise RuntimeError(f"the Milvus standalone server did not start on {self.uri}: {error} "
+                               f"(log: {log})") from None
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

@@ -1,7 +1,9 @@
 """One behavioural suite, run on both retrieval backends: the embedded FAISS store on a real data
-directory, and Milvus (a Milvus Lite server started by the fixture, spoken to over gRPC as a
-cluster would be). Then what only a shared backend can do: two Focal servers on one Milvus see
-each other's writes, and an acknowledged write survives a SIGKILL of the Focal server."""
+directory, and Milvus, on two real servers the fixtures start, each spoken to over gRPC as a
+cluster would be: Milvus Lite (the pure-Python engine) and the Milvus standalone server itself
+(2.3.5, Go and C++). Then what only a shared backend can do, on both servers: two Focal servers on
+one Milvus see each other's writes, and an acknowledged write survives a SIGKILL of the Focal
+server."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from compressor.retrieval.milvus import MilvusConfig, MilvusStore, collection_na
 from compressor.retrieval.store import IndexStore
 from compressor.service.server import FocalServer
 from compressor.service.settings import Settings
-from devtools.milvus_server import MilvusLite
+from devtools.milvus_server import MilvusLite, MilvusStandalone
 from devtools.ports import free_port
 from devtools.server_process import ServerProcess
 
@@ -33,10 +35,23 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture(scope="module")
-def milvus(tmp_path_factory):
+def milvus_lite(tmp_path_factory):
     server = MilvusLite(tmp_path_factory.mktemp("milvus"), tmp_path_factory.mktemp("milvus-log") / "log").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def milvus_standalone(tmp_path_factory):
+    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["milvus_lite", "milvus_standalone"])
+def milvus(request):
+    """Each Milvus server in turn (started once per module)."""
+    return request.getfixturevalue(request.param)
 
 
 def _clear(uri: str) -> None:
@@ -48,8 +63,8 @@ def _clear(uri: str) -> None:
     client.close()
 
 
-@pytest.fixture(params=["faiss", "milvus"])
-def open_store(request, tmp_path, milvus):
+@pytest.fixture(params=["faiss", "milvus_lite", "milvus_standalone"])
+def open_store(request, tmp_path):
     """Opens a store of the parametrised backend with a given embedder; opening one closes the one
     opened before (a data directory has one owner), and the last is closed, and the Milvus
     collections dropped, after the test."""
@@ -61,15 +76,15 @@ def open_store(request, tmp_path, milvus):
         if request.param == "faiss":
             store = IndexStore(tmp_path / "data", embedder, snapshot_every=3)
         else:
-            store = MilvusStore(MilvusConfig(milvus.uri), embedder)
+            store = MilvusStore(MilvusConfig(request.getfixturevalue(request.param).uri), embedder)
         opened.append(store)
         return store
 
     yield opener
     for store in opened:
         store.close()
-    if request.param == "milvus":
-        _clear(milvus.uri)
+    if request.param != "faiss":
+        _clear(request.getfixturevalue(request.param).uri)
 
 
 def test_upsert_search_filter_delete(open_store, embedder) -> None:
