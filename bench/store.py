@@ -6,13 +6,16 @@ and width; embedding 10^6 passages would take hours here), then opened (the log 
 snapshotted once. Then one thread upserts one short document at a time through ``IndexStore.upsert``
 (the real embedder) and another searches, while the store takes the next snapshot in the background
 as it does in service (a worker process rebuilds it from the first snapshot and the log tail,
-``compressor/retrieval/snapshot_process.py``). The stall is the longest single write (or search)
-that overlapped the snapshot, shown beside the longest outside it in the same run, with how many of
-the writes during the snapshot took over the target, and the longest time the snapshot held the
-store's lock (noting where the log stands; a write may also wait for one slice of a search,
-``scan.py``; the rest is sharing the CPU with them). The worker's peak resident memory is shown
-beside the server's. The target (``snapshot_max_stall_ms``) is the longest write: a search of 10^6
-rows is a scan of 1.5 GB, slower while the snapshot writes, but it holds nobody up.
+``compressor/retrieval/snapshot_process.py``); then the same load runs for a control window of the
+same length with no snapshot. The same again with the writer alone. For the calls overlapping each
+window: the longest, the 99.9th percentile, the median and how many took over the target, and the
+longest time the snapshot held the store's lock (noting where the log stands; a write may also wait
+for one slice of a search, ``scan.py``). The control window is what tells the snapshot's cost from
+the load's own: on 2 cores a writer and a searcher slow each other down, and the longest of 10^4 calls
+is longer than the longest of 10^2 whatever happens. The worker's peak resident memory is shown
+beside the server's. The target (``snapshot_max_stall_ms``) is the longest write during the snapshot
+with the searcher running: a search of 10^6 rows is a scan of 1.5 GB, slower while the snapshot
+writes, but it holds nobody up.
 
 Log compaction: half the documents are replaced and a tenth deleted (records again), so the log
 holds the dead versions too; then ``IndexStore.compact_log`` rewrites it. Live data = the live
@@ -25,7 +28,6 @@ before and after.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -43,6 +45,7 @@ from compressor.retrieval.wal import WriteAheadLog
 
 NAMESPACE = "bench"
 TARGET_MS = 100  # the longest write during a snapshot, at 10^6 chunks
+CONTROL_MAX_S = 600  # the control window (same load, no snapshot) is as long as the snapshot, up to this
 RECORD_DOCS = 1000  # documents per filled log record
 WORDS = ("river", "engine", "harbour", "ledger", "falcon", "copper", "meadow", "signal", "archive", "lantern",
          "quartz", "orbit", "cedar", "vessel", "summit", "pixel", "tundra", "violet", "walnut", "zephyr")
@@ -89,12 +92,13 @@ def live_bytes(store: IndexStore) -> int:
 class Load:
     """One writer and one searcher, each timing every call until stopped."""
 
-    def __init__(self, store: IndexStore) -> None:
+    def __init__(self, store: IndexStore, searching: bool) -> None:
         self.store = store
         self.calls: list[tuple[str, float, float]] = []  # (kind, started, ended)
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.write, daemon=True),
-                        threading.Thread(target=self.search, daemon=True)]
+        self.threads = [threading.Thread(target=self.write, daemon=True)]
+        if searching:
+            self.threads.append(threading.Thread(target=self.search, daemon=True))
 
     def write(self) -> None:
         number = 0
@@ -120,21 +124,47 @@ class Load:
         for thread in self.threads:
             thread.join()
 
-    def durations(self, kind: str, window: tuple[float, float], inside: bool) -> list[float]:
-        """The calls of ``kind`` overlapping ``window`` (or, ``inside`` false, not touching it), in ms."""
+    def durations(self, kind: str, window: tuple[float, float]) -> list[float]:
+        """The calls of ``kind`` overlapping ``window``, in ms."""
         start, end = window
-        return [(e - s) * 1000 for k, s, e in self.calls if k == kind and (s < end and e > start) == inside]
+        return [(e - s) * 1000 for k, s, e in self.calls if k == kind and s < end and e > start]
 
-    def longest(self, kind: str, window: tuple[float, float], inside: bool) -> float:
-        return max(self.durations(kind, window, inside), default=0.0)
+    def figures(self, kind: str, window: tuple[float, float]) -> dict:
+        """Longest, 99.9th percentile, median, and how many took over the target, of the calls of
+        ``kind`` overlapping ``window``."""
+        took = self.durations(kind, window)
+        if not took:
+            return {"calls": 0}
+        return {"calls": len(took), "max_ms": round(max(took), 1),
+                "p999_ms": round(float(np.percentile(took, 99.9)), 1),
+                "median_ms": round(statistics.median(took), 1), "over_target": sum(t > TARGET_MS for t in took)}
 
-    def median(self, kind: str) -> float:
-        return statistics.median((e - s) * 1000 for k, s, e in self.calls if k == kind)
 
-    def over(self, kind: str, window: tuple[float, float], milliseconds: float) -> tuple[int, int]:
-        """(calls of ``kind`` overlapping ``window`` that took over ``milliseconds``, all that overlapped it)."""
-        inside = self.durations(kind, window, True)
-        return sum(t > milliseconds for t in inside), len(inside)
+def under_load(store: IndexStore, size: int, searching: bool) -> dict:
+    """A snapshot taken in the background as in service while the load runs, then a control window
+    of the same length (at most ``CONTROL_MAX_S``) with the same load and no snapshot: the calls'
+    figures in both, so what the snapshot adds is told apart from what the load does by itself on
+    this machine (the longest of 10^4 calls is longer than the longest of 10^2 whatever happens)."""
+    name = "writer and searcher" if searching else "writer alone"
+    with Load(store, searching) as load:
+        time.sleep(3)
+        progress(f"{size}: {name}: snapshot in the background, as in service (a worker process writes it)")
+        started = time.perf_counter()
+        store.maintain_in_background()
+        store.settle()
+        snapshot = (started, time.perf_counter())
+        control_s = min(snapshot[1] - snapshot[0], CONTROL_MAX_S)
+        progress(f"{size}: {name}: snapshot took {snapshot[1] - snapshot[0]:.1f}s; control window of {control_s:.1f}s")
+        time.sleep(1 + control_s)
+        control = (snapshot[1] + 1, snapshot[1] + 1 + control_s)
+    kinds = ("write", "search") if searching else ("write",)
+    figures = {"snapshot_s": round(snapshot[1] - snapshot[0], 2), "control_s": round(control_s, 2),
+               "longest_lock_hold_ms": store.last_snapshot["longest_lock_hold_ms"],
+               "worker_peak_rss_bytes": store.last_snapshot["worker_peak_rss_bytes"],
+               **{f"{kind}_during": load.figures(kind, snapshot) for kind in kinds},
+               **{f"{kind}_control": load.figures(kind, control) for kind in kinds}}
+    progress(f"{size}: {name}: {figures}")
+    return figures
 
 
 def measure(size: int, embedder: Embedder) -> dict:
@@ -149,25 +179,11 @@ def measure(size: int, embedder: Embedder) -> dict:
         store = IndexStore(root, embedder, snapshot_every=10**9)
         open_s = time.perf_counter() - opened
         figures: dict = {"chunks": size, "open_s": round(open_s, 1)}
-        progress(f"{size}: a first snapshot, in-process (the background one then starts from it, as in service)")
+        progress(f"{size}: a first snapshot, in-process (the background ones then start from it, as in service)")
         store.snapshot()
-        with Load(store) as load:
-            time.sleep(3)
-            progress(f"{size}: snapshot under load, in the background as in service (a worker process writes it)")
-            started = time.perf_counter()
-            store.maintain_in_background()
-            store.settle()
-            window = (started, time.perf_counter())
-            time.sleep(3)
-        figures["snapshot_s"] = round(window[1] - window[0], 2)
-        figures["longest_lock_hold_ms"] = store.last_snapshot["longest_lock_hold_ms"]
+        figures["with_searcher"] = under_load(store, size, searching=True)
+        figures["writer_alone"] = under_load(store, size, searching=False)
         figures["server_rss_bytes"] = status_bytes("VmRSS")
-        figures["worker_peak_rss_bytes"] = store.last_snapshot["worker_peak_rss_bytes"]
-        figures["writes_over_target"], figures["writes_during"] = load.over("write", window, TARGET_MS)
-        for kind in ("write", "search"):
-            figures[f"{kind}_max_stall_ms"] = round(load.longest(kind, window, True), 1)
-            figures[f"{kind}_max_outside_ms"] = round(load.longest(kind, window, False), 1)
-            figures[f"{kind}_median_ms"] = round(load.median(kind), 1)
         store.close(snapshot=False)
         figures.update(compaction(root, embedder, size, rng))
     progress(f"{size}: {figures}")
@@ -203,40 +219,68 @@ def compaction(root: Path, embedder: Embedder, size: int, rng: np.random.Generat
             "compaction_s": round(seconds, 1), "documents_after_reopen": documents}
 
 
+PHASES = {"with_searcher": "writer + searcher", "writer_alone": "writer alone"}
+
+
+def pair(figures: dict, kind: str, key: str) -> str:
+    """``key`` of ``kind``'s calls during the snapshot / in the control window."""
+    during, control = figures[f"{kind}_during"], figures[f"{kind}_control"]
+    if key == "over_target":
+        return f"{during.get(key, 0)} of {during['calls']} / {control.get(key, 0)} of {control['calls']}"
+    return f"{during.get(key, 0):.0f} / {control.get(key, 0):.0f}"
+
+
+def load_rows(sizes: dict) -> list[list[str]]:
+    rows = []
+    for n, f in sizes.items():
+        for phase, label in PHASES.items():
+            p = f[phase]
+            rows.append([f"{n:,}", label, f"{p['snapshot_s']:.1f} / {p['control_s']:.1f}",
+                         f"{p['longest_lock_hold_ms']:.2f}", pair(p, "write", "max_ms"), pair(p, "write", "p999_ms"),
+                         pair(p, "write", "median_ms"), pair(p, "write", "over_target"),
+                         pair(p, "search", "max_ms") if "search_during" in p else "-"])
+    return rows
+
+
+LOAD_HEADER = ["chunks", "load", "window s: snapshot / control", "longest lock hold ms",
+               "write max ms", "write p99.9 ms", "write median ms", f"writes over {TARGET_MS} ms",
+               "search max ms"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="chunks per run (default: %(default)s)")
     args = parser.parse_args()
     embedder = Embedder()
     sizes = {int(s): measure(int(s), embedder) for s in args.sizes.split(",")}
-    rows = [[f"{n:,}", f"{f['snapshot_s']:.2f}", f"{f['longest_lock_hold_ms']:.1f}",
-             f"{f['server_rss_bytes'] / 2**30:.2f} / {f['worker_peak_rss_bytes'] / 2**30:.2f}",
-             " / ".join(f"{f[key]:.0f}" for key in ("write_max_stall_ms", "write_max_outside_ms", "write_median_ms")),
-             f"{f['writes_over_target']} of {f['writes_during']}",
-             " / ".join(f"{f[key]:.0f}" for key in ("search_max_stall_ms", "search_max_outside_ms",
-                                                     "search_median_ms")),
-             f"{f['log_over_live_before']:.2f}", f"{f['log_over_live_after']:.2f}", f"{f['compaction_s']:.1f}"]
-            for n, f in sizes.items()]
+    other_rows = [[f"{n:,}", f"{f['server_rss_bytes'] / 2**30:.2f} / "
+                   f"{max(f[p]['worker_peak_rss_bytes'] for p in PHASES) / 2**30:.2f}",
+                   f"{f['log_over_live_before']:.2f}", f"{f['log_over_live_after']:.2f}", f"{f['compaction_s']:.1f}"]
+                  for n, f in sizes.items()]
     markdown = "\n".join([
         "# The embedded store: snapshot stalls and log compaction", "",
-        "A writer (one single-chunk document per upsert, real embedder) and a searcher run throughout; in the",
-        "middle the store takes a snapshot in the background, written at the lowest priority by a worker",
-        "process that rebuilds the store from the previous snapshot and the log tail (it shares no memory with",
-        "the server). Stall = the longest call that overlapped the snapshot; beside it the longest call outside",
-        "the snapshot and the median, all in ms. The longest lock hold is how long the snapshot kept writes and",
-        "searches waiting at most (noting where the log stands); a write may also wait for one slice of a",
-        f"search, and the rest of a stall is the {os.cpu_count()} cores shared with the worker. The target is the",
-        f"longest write during the snapshot (under {TARGET_MS} ms at 10^6 chunks); beside it, how many writes",
-        "during the snapshot took longer. Memory: the server's resident memory and the worker's peak, in GiB.",
-        "Log sizes are over the live documents' bytes (vectors, texts, ids, metadata) after replacing half the",
-        "documents and deleting a tenth.", "",
-        markdown_table(["chunks", "snapshot s", "longest lock hold ms", "memory: server / worker GiB",
-                        "write: stall / max outside / median", f"writes over {TARGET_MS} ms",
-                        "search: stall / max outside / median", "log / live before", "log / live after",
-                        "compaction s"], rows)])
+        "The store takes a snapshot in the background, as in service: a worker process at the lowest CPU",
+        "priority rebuilds the store from the previous snapshot and the log tail (it shares no memory with the",
+        "server), twice: once while a writer (one single-chunk document per upsert, real embedder) and a",
+        "searcher (exact search over every row) run, once with the writer alone. Each snapshot window is",
+        "followed by a control window of the same length with the same load and no snapshot, so what the",
+        "snapshot adds shows apart from what the load does by itself on this machine. Each cell is",
+        "snapshot window / control window, in ms. The longest lock hold is how long the snapshot kept writes",
+        "and searches waiting at most (noting where the log stands); a write may also wait for one slice of a",
+        f"search. The target is the longest write during the snapshot (under {TARGET_MS} ms at 10^6 chunks).",
+        "", markdown_table(LOAD_HEADER, load_rows(sizes)), "",
+        "Memory (the server's resident memory and the worker's peak, GiB) and log compaction (the log's size over",
+        "the live documents' bytes, vectors, texts, ids, metadata, after replacing half the documents and",
+        "deleting a tenth):", "",
+        markdown_table(["chunks", "memory: server / worker GiB", "log / live before", "log / live after",
+                        "compaction s"], other_rows)])
     payload = {"sizes": {str(n): f for n, f in sizes.items()},
-               "snapshot_max_stall_ms": max(f["write_max_stall_ms"] for f in sizes.values()),
-               "snapshot_longest_lock_hold_ms": max(f["longest_lock_hold_ms"] for f in sizes.values()),
+               "snapshot_max_stall_ms": max(f["with_searcher"]["write_during"]["max_ms"] for f in sizes.values()),
+               "snapshot_max_stall_ms_writer_alone": max(f["writer_alone"]["write_during"]["max_ms"]
+                                                         for f in sizes.values()),
+               "control_max_write_ms": max(f["with_searcher"]["write_control"]["max_ms"] for f in sizes.values()),
+               "snapshot_longest_lock_hold_ms": max(f[p]["longest_lock_hold_ms"] for f in sizes.values()
+                                                    for p in PHASES),
                "provenance": provenance({"sizes": args.sizes})}
     write("store", payload, markdown)
 

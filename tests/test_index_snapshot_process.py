@@ -59,6 +59,33 @@ def stopped_worker(store: IndexStore) -> int:
     return worker.pid
 
 
+def scheduling(pid: int) -> tuple[list[bytes], int] | None:
+    """The process's command line and scheduling policy (``/proc/PID/stat`` field 41); None once gone."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return command, int(fields[41 - 3])
+
+
+def test_the_worker_program_runs_at_the_idle_priority_from_its_start(tmp_path: Path, embedder: Embedder) -> None:
+    store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
+    store.upsert("wiki", RIVERS)
+    store.maintain_in_background()
+    pid = stopped_worker(store)
+    os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while (seen := scheduling(pid)) is not None and seen[0][1:3] != [b"-m", b"compressor.retrieval.snapshot_worker"]:
+        assert time.monotonic() < deadline, f"the launcher did not execute the worker: {seen[0]}"
+        time.sleep(0.0005)
+    assert seen is not None, "the worker ended before its program was seen"
+    assert seen[1] == os.SCHED_IDLE  # set by the launcher, before the worker's interpreter started
+    store.settle()
+    assert store.last_snapshot["by_worker"]
+    store.close(snapshot=False)
+
+
 def test_writes_go_on_while_the_worker_writes_the_snapshot(tmp_path: Path, embedder: Embedder) -> None:
     store = IndexStore(tmp_path, embedder, snapshot_every=10**6)
     store.upsert("wiki", RIVERS)

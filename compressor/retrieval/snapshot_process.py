@@ -18,8 +18,15 @@ compaction runs at a time, so the files the worker reads do not change under it.
 
 What it costs: the worker holds its own copy of the store (its peak resident memory is reported with
 each snapshot), and reading the previous snapshot takes CPU time, at the idle priority
-(``SCHED_IDLE``). It dies with the thread that started it (``PR_SET_PDEATHSIG``), so a killed server
-leaves no writer behind.
+(``SCHED_IDLE``, not just nice 19: a request thread that wakes up preempts the worker at once, and
+the worker, with the threads FAISS starts in it, runs only on CPU time nothing else wants), from
+before its interpreter starts: a bare ``python -S`` sets the policy and executes the worker's
+program (``IDLE_LAUNCHER``). A worker that starts at normal priority and lowers itself later spends
+its start-up and imports (a third of a second of CPU) taking a core from the requests' threads: a
+write that began then took 250 ms instead of 20 (2 cores). ``posix_spawn`` cannot set this policy
+(glibc accepts only the real-time ones and the default), and lowering the spawning thread itself
+would leave a thread that later takes the store's lock at the idle priority. The worker dies with
+the thread that started it (``PR_SET_PDEATHSIG``), so a killed server leaves no writer behind.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from pathlib import Path
 
 import compressor
 from compressor.retrieval.vectors import IndexSpec
+
+# Run by ``python -S -c`` with the real command line as its arguments: idle priority, then exec.
+IDLE_LAUNCHER = ("import os, sys; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
+                 "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def can_run() -> bool:
@@ -54,11 +65,13 @@ class Picture:
 
 
 def start(root: Path, spec: IndexSpec, picture: Picture) -> subprocess.Popen:
-    """Start the worker for ``picture`` of the data directory ``root``; ``wait`` must follow, from the
-    same thread (the worker dies with it). Its error output goes to this process's."""
+    """Start the worker for ``picture`` of the data directory ``root``, at the idle CPU priority from
+    the start; ``wait`` must follow, from the same thread (the worker dies with it). Its error output
+    goes to this process's."""
     package_parent = str(Path(compressor.__file__).resolve().parent.parent)
     path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "compressor.retrieval.snapshot_worker", str(root),
+    command = [sys.executable, "-S", "-c", IDLE_LAUNCHER, sys.executable, "-m", "compressor.retrieval.snapshot_worker",
+               str(root),
                "--seq", str(picture.seq), "--log", picture.log_name, "--log-end", str(picture.log_end),
                "--spec", json.dumps(spec.describe()), "--parent", str(os.getpid())]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -61,9 +61,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, required=True, help="the server's pid; the worker dies with it")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
-    # SCHED_IDLE, not just nice 19: a request thread that wakes up preempts the worker at once, and the
-    # worker runs only on CPU time nothing else wants (the threads FAISS starts later inherit it).
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         write_staging_as_of(args.data_dir, IndexSpec(**json.loads(args.spec)),
                             Picture(args.seq, args.log, args.log_end))
