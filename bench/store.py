@@ -167,7 +167,9 @@ def under_load(store: IndexStore, size: int, searching: bool) -> dict:
     return figures
 
 
-def measure(size: int, embedder: Embedder) -> dict:
+def measure(size: int, embedder: Embedder, writer_alone: bool = True) -> dict:
+    """Fill, open and snapshot a store of ``size`` chunks; a background snapshot under load with its
+    control window, with a searcher, then (``writer_alone``) without; then log compaction."""
     rng = np.random.default_rng(size)
     with tempfile.TemporaryDirectory(prefix="focal-store-") as folder:
         root = Path(folder)
@@ -182,7 +184,8 @@ def measure(size: int, embedder: Embedder) -> dict:
         progress(f"{size}: a first snapshot, in-process (the background ones then start from it, as in service)")
         store.snapshot()
         figures["with_searcher"] = under_load(store, size, searching=True)
-        figures["writer_alone"] = under_load(store, size, searching=False)
+        if writer_alone:
+            figures["writer_alone"] = under_load(store, size, searching=False)
         figures["server_rss_bytes"] = status_bytes("VmRSS")
         store.close(snapshot=False)
         figures.update(compaction(root, embedder, size, rng))
@@ -234,6 +237,8 @@ def load_rows(sizes: dict) -> list[list[str]]:
     rows = []
     for n, f in sizes.items():
         for phase, label in PHASES.items():
+            if phase not in f:
+                continue
             p = f[phase]
             rows.append([f"{n:,}", label, f"{p['snapshot_s']:.1f} / {p['control_s']:.1f}",
                          f"{p['longest_lock_hold_ms']:.2f}", pair(p, "write", "max_ms"), pair(p, "write", "p999_ms"),
@@ -254,7 +259,7 @@ def main() -> None:
     embedder = Embedder()
     sizes = {int(s): measure(int(s), embedder) for s in args.sizes.split(",")}
     other_rows = [[f"{n:,}", f"{f['server_rss_bytes'] / 2**30:.2f} / "
-                   f"{max(f[p]['worker_peak_rss_bytes'] for p in PHASES) / 2**30:.2f}",
+                   f"{max(f[p]['worker_peak_rss_bytes'] for p in PHASES if p in f) / 2**30:.2f}",
                    f"{f['log_over_live_before']:.2f}", f"{f['log_over_live_after']:.2f}", f"{f['compaction_s']:.1f}"]
                   for n, f in sizes.items()]
     markdown = "\n".join([

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from compressor.embedding import Embedder
-from compressor.retrieval import snapshot_process
+from compressor.retrieval import heap, snapshot_process
 from compressor.retrieval.chunker import Chunking
 from compressor.retrieval.compaction import compacted_name, copy_tail, write_base_log
 from compressor.retrieval.contract import (
@@ -131,6 +131,7 @@ class IndexStore:
             self._replay(wal_start)
             self.wal = WriteAheadLog(self.root / self.wal_name, start=self._replayed_to)
             self.applied_end = self.wal.end  # the log's end as far as the in-memory state has applied it
+            heap.settle()
         except LogCorrupt as exc:
             self._release()
             raise IndexCorrupt(f"{exc}. Acknowledged writes may be damaged; nothing was changed. Run `focal index "
@@ -481,6 +482,7 @@ class IndexStore:
                               "longest_lock_hold_ms": round(longest_hold * 1000, 2), "by_worker": by_worker,
                               **details}
         log.info("index snapshot written", extra={"fields": {**self.last_snapshot, "bytes": self.snapshot_bytes}})
+        heap.settle()
 
     def compact_log(self, step: Callable[[str], None] | None = None) -> None:
         """Rewrite the log as the live documents (see ``compaction.py``). ``step`` is called after each
@@ -527,6 +529,7 @@ class IndexStore:
             if self.wal is not None:
                 self.wal.close()
             self._release()
+        heap.release()
 
 
 def rebuild(data_dir: str | Path, spec: IndexSpec | None = None) -> dict:
