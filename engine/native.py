@@ -3,8 +3,8 @@
 with the system C compiler into one shared library, loaded with ctypes.
 
 Building takes about a second; ``scripts/setup.sh`` and the image build do it at install
-(``python -c 'from engine import native; print(native.status())'``), else the first int8 decode
-step does. The shared library is kept under ``$FOCAL_NATIVE_DIR`` (default
+(``python -c 'from engine import native; print(native.status())'``), else the first decode step on
+the CPU does. The shared library is kept under ``$FOCAL_NATIVE_DIR`` (default
 ``~/.cache/focal/native``), named by a hash of the source and the flags, so an edited source is
 rebuilt and never loaded stale. ``FOCAL_NATIVE_ISA=avx2|plain`` caps the vector width.
 Where there is no compiler, the CPU is not x86-64 or ``FOCAL_NATIVE=0`` is set, the kernels are

@@ -70,8 +70,8 @@ def start(root: Path, spec: IndexSpec, picture: Picture) -> subprocess.Popen:
     goes to this process's."""
     package_parent = str(Path(compressor.__file__).resolve().parent.parent)
     path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-S", "-c", IDLE_LAUNCHER, sys.executable, "-m", "compressor.retrieval.snapshot_worker",
-               str(root),
+    command = [sys.executable, "-S", "-c", IDLE_LAUNCHER,
+               sys.executable, "-m", "compressor.retrieval.snapshot_worker", str(root),
                "--seq", str(picture.seq), "--log", picture.log_name, "--log-end", str(picture.log_end),
                "--spec", json.dumps(spec.describe()), "--parent", str(os.getpid())]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
