@@ -89,8 +89,9 @@ class Engine:
              device: torch.device | str = "cpu", quantize: str = "", options: EngineOptions | None = None) -> Engine:
         """Load a GGUF file or HF directory; ``None`` is the embedded default model.
         ``quantize="int8"`` stores every projection as int8 rows (``engine.quant``); otherwise bf16
-        and fp32 on a CPU get their weights reordered for oneDNN once (``engine.packed``), unless the
-        forward is compiled (inductor cannot lower the reordered weights and would fall back to eager)."""
+        and fp32 on a CPU get their weights reordered once (``engine.packed``: oneDNN's layout, or the
+        engine's bf16 tiles on CPUs with AVX-512 BF16), unless the forward is compiled (inductor
+        cannot lower the reordered weights and would fall back to eager)."""
         if quantize not in ("", "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; use '' or 'int8'")
         model, tokenizer = load(path, dtype, device)

@@ -154,8 +154,12 @@ class Router(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.normalize = config.norm_topk_prob
 
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row's score for every expert, in x's dtype."""
+        return F.linear(x, self.weight)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = F.softmax(F.linear(x, self.weight), dim=-1, dtype=torch.float32)
+        probs = F.softmax(self.scores(x), dim=-1, dtype=torch.float32)
         weights, experts = torch.topk(probs, self.top_k, dim=-1)  # [N, K]
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)

@@ -1,6 +1,7 @@
-"""The engine's C kernels for decode steps on the CPU: int8 matmuls and sparse-MoE layers
-(``int8_kernels.c``) and one-query attention over the KV cache (``decode_attention.c``). Built once
-with the system C compiler into one shared library, loaded with ctypes.
+"""The engine's C kernels on the CPU: int8 matmuls and sparse-MoE layers for decode steps
+(``int8_kernels.c``), one-query attention over the KV cache (``decode_attention.c``) and bf16
+matmuls of every row count on weights in the kernel's own layout (``bf16_matmul.c``, on CPUs with
+AVX-512 BF16). Built once with the system C compiler into one shared library, loaded with ctypes.
 
 Building takes about a second; ``scripts/setup.sh`` and the image build do it at install
 (``python -c 'from engine import native; print(native.status())'``), else the first decode step on
@@ -33,7 +34,7 @@ import torch
 
 log = logging.getLogger("focal.engine")
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("int8_kernels.c", "decode_attention.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("int8_kernels.c", "decode_attention.c", "bf16_matmul.c"))
 HEADERS = (Path(__file__).with_name("bf16.h"),)  # part of the build: an edited header is rebuilt too
 FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp")
 LEVELS = {0: "plain C", 1: "AVX2", 2: "AVX-512 VNNI"}
@@ -97,6 +98,12 @@ def _load() -> ctypes.CDLL:
     lib.focal_decode_attention.argtypes = [pointer, pointer, pointer, pointer, c_int, *[i64] * 13, ctypes.c_float,
                                            pointer, c_int]
     lib.focal_decode_attention.restype = c_int
+    lib.focal_bf16_available.argtypes = []
+    lib.focal_bf16_available.restype = c_int
+    lib.focal_bf16_matmul.argtypes = [pointer, i64, i64, pointer, i64, pointer, c_int, c_int]
+    lib.focal_bf16_matmul.restype = None
+    lib.focal_bf16_moe.argtypes = [pointer, i64, pointer, pointer, pointer, pointer, i64, i64, pointer, c_int]
+    lib.focal_bf16_moe.restype = c_int
     cap = os.environ.get("FOCAL_NATIVE_ISA", "")
     if cap and cap not in ISA_CAPS:
         raise NativeBuildError(f"FOCAL_NATIVE_ISA={cap!r}: use one of {', '.join(ISA_CAPS)}")
@@ -126,7 +133,15 @@ def status() -> str:
     lib = library()
     if lib is None:
         return f"unavailable ({_reason})"
-    return f"loaded ({LEVELS[lib.focal_int8_level(-1)]})"
+    bf16 = " and BF16" if bf16_matmul_available() else ""
+    return f"loaded ({LEVELS[lib.focal_int8_level(-1)]}{bf16})"
+
+
+def bf16_matmul_available() -> bool:
+    """Whether ``bf16_matmul`` can run: the kernels are built, the CPU has AVX-512 BF16 and
+    ``FOCAL_NATIVE_ISA`` does not cap the vector width below AVX-512."""
+    lib = library()
+    return lib is not None and lib.focal_int8_level(-1) == 2 and bool(lib.focal_bf16_available())
 
 
 def usable(x: torch.Tensor) -> bool:
@@ -187,6 +202,50 @@ def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
         batch, heads, keys.shape[1], keys.shape[2], dim, q.stride(0), q.stride(1),
         keys.stride(0), keys.stride(1), keys.stride(2), values.stride(0), values.stride(1), values.stride(2),
         dim**-0.5, out.data_ptr(), torch.get_num_threads()))
+    return out
+
+
+def bf16_matmul(x: torch.Tensor, tiles: torch.Tensor, out_features: int) -> torch.Tensor:
+    """``x @ W.T`` for bf16 rows x [..., K] and W [out_features, K] stored as ``tiles`` (see
+    ``engine.tiles``): fp32 sums, the result rounded once to bf16. Requires ``bf16_matmul_available()``."""
+    if torch.compiler.is_compiling():
+        return _bf16_matmul_op(x, tiles, out_features)
+    return _bf16_matmul(x, tiles, out_features)
+
+
+def _bf16_matmul(x: torch.Tensor, tiles: torch.Tensor, out_features: int) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1])
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    out = torch.empty(*x.shape[:-1], out_features, dtype=torch.bfloat16)
+    library().focal_bf16_matmul(flat.data_ptr(), flat.shape[0], flat.shape[1], tiles.data_ptr(), out_features,
+                                out.data_ptr(), 0, torch.get_num_threads())
+    return out
+
+
+@torch.library.custom_op("focal::bf16_matmul", mutates_args=())
+def _bf16_matmul_op(x: torch.Tensor, tiles: torch.Tensor, out_features: int) -> torch.Tensor:
+    return _bf16_matmul(x, tiles, out_features)
+
+
+@_bf16_matmul_op.register_fake
+def _(x: torch.Tensor, tiles: torch.Tensor, out_features: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+def bf16_moe(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: torch.Tensor,
+             down: torch.Tensor, inter: int) -> torch.Tensor:
+    """One bf16 token [1, H] through its chosen experts, ``sum_k weights[k] * expert_k(x)``, with every
+    expert's gate_up [2I, H] and down [H, I] as tiles (``gate_up`` [E, ...], ``down`` [E, ...]); gate
+    and up stay fp32, SiLU(gate) * up is rounded to bf16 once. Requires ``bf16_matmul_available()``."""
+    hidden = x.shape[-1]
+    row = x.reshape(-1).contiguous()
+    chosen = experts.reshape(-1).to(torch.int64).contiguous()
+    routing = weights.reshape(-1).float().contiguous()
+    out = torch.empty(1, hidden, dtype=torch.bfloat16)
+    _checked(library().focal_bf16_moe(row.data_ptr(), chosen.shape[0], chosen.data_ptr(), routing.data_ptr(),
+                                      gate_up.data_ptr(), down.data_ptr(), inter, hidden, out.data_ptr(),
+                                      torch.get_num_threads()))
     return out
 
 

@@ -13,7 +13,8 @@ fp32 arithmetic (oneDNN is not allowed to round to bf16 or tf32 here); only the 
 sums differs. bench.engine's fp32 and bf16 rows time the whole model.
 
 The reordered weight replaces the plain one, so memory stays the same (a tied lm_head gets its
-own copy).
+own copy). On CPUs with AVX-512 BF16, bf16 weights go to the engine's own kernel instead
+(``engine.tiles``): its one layout serves prefill and streams decode steps at the memory's rate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model import CausalLM, Experts
+from engine.tiles import tile_weights, tiles_available
 
 # The row count oneDNN is told to expect; any count works, this one suits expert slices.
 _ROWS_HINT = 64
@@ -80,5 +82,8 @@ class PackedExperts(Experts):
 
 
 def pack_weights(model: CausalLM) -> CausalLM:
-    """Replace every projection of a bf16 or fp32 CPU ``model`` by its reordered form, in place."""
+    """Replace every projection of a bf16 or fp32 CPU ``model`` by its reordered form, in place: bf16
+    as the tile kernel's layout where that kernel runs, else (and fp32 always) as oneDNN's."""
+    if tiles_available("cpu", model.lm_head.weight.dtype):
+        return tile_weights(model)
     return model.replace_projections(PackedLinear, PackedExperts)

@@ -17,6 +17,7 @@ from torch import nn
 
 from engine import native
 from engine.model import CausalLM, Experts
+from engine.tiles import tile_routers
 
 # Rows up to which the int8 kernel beats widening the weights for a regular matmul (bf16, 2 threads,
 # a Mellum2-sized 1792x2304 weight: the kernel wins clearly at one row, breaks even near 16 rows and
@@ -99,5 +100,6 @@ class Int8Experts(Experts):
 
 
 def quantize_int8(model: CausalLM) -> CausalLM:
-    """Replace every projection of ``model`` by its int8 form, in place; returns the model."""
-    return model.replace_projections(Int8Linear, Int8Experts)
+    """Replace every projection of ``model`` by its int8 form, in place; returns the model. A bf16
+    router on a CPU with AVX-512 BF16 runs through the tile kernel (``engine.tiles``)."""
+    return tile_routers(model.replace_projections(Int8Linear, Int8Experts))

@@ -5,8 +5,9 @@ vocab 98304; 4 layers: 3 sliding + 1 full, all sparse; random weights), shared t
 with transformers' ``MellumForCausalLM``; (b) the default model (SmolLM2-135M-Instruct GGUF), read
 by each side from the same file.
 
-Each side runs in every dtype it offers here (ours: fp32 and bf16 with weights reordered for
-oneDNN once, as the engine runs them on a CPU, int8 weights with bf16 activations (one-row decode
+Each side runs in every dtype it offers here (ours: fp32 and bf16 with weights reordered once, as
+the engine runs them on a CPU (fp32 for oneDNN; bf16 for the engine's own kernel where the CPU has
+AVX-512 BF16, else for oneDNN), int8 weights with bf16 activations (one-row decode
 through the engine's native kernels, ``engine.native``, when built: the report says), int8 under
 ``torch.compile`` too, and for the default model bf16 (not reordered) under ``torch.compile``;
 transformers: fp32, bf16, and for the default model bf16 under ``torch.compile``). The main table

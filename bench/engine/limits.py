@@ -12,6 +12,7 @@ from engine.config import ModelConfig
 from engine.model import CausalLM
 from engine.packed import PackedExperts, PackedLinear, pack, packed_linear, packing_available
 from engine.quant import Int8Experts
+from engine.tiles import TiledExperts
 
 
 def machine_limits(threads: int) -> dict[str, float]:
@@ -70,13 +71,13 @@ def decode_weight_bytes(model: CausalLM) -> float:
         if name.startswith("model.embed_tokens") or "rotary" in name:
             continue
         total += tensor.numel() * tensor.element_size()
-    for module in model.modules():  # oneDNN-reordered weights are plain attributes, not parameters
-        if isinstance(module, PackedLinear | PackedExperts):
+    for module in model.modules():  # reordered weights are plain attributes, not parameters
+        if isinstance(module, PackedLinear | PackedExperts | TiledExperts):
             total += module.weight_bytes()
     for module in model.modules():  # only top-k of the experts are read per token
         if isinstance(module, Int8Experts):
             stored = sum(t.numel() * t.element_size() for t in module.buffers())
-        elif isinstance(module, PackedExperts):
+        elif isinstance(module, PackedExperts | TiledExperts):
             stored = module.weight_bytes()
         elif module.__class__.__name__ == "Experts":
             stored = sum(t.numel() * t.element_size() for t in module.parameters())

@@ -138,6 +138,10 @@ def report(raw: dict, extra: dict, args: argparse.Namespace) -> tuple[dict, str]
                      f"PyTorch matmuls), int8 matmuls (engine/int8_kernels.c): activations rounded to int16 with one "
                      f"scale per row, weights int8 with one scale per output row (llama.cpp's Q8_0: activations to "
                      f"int8 per block of 32, weights int8 per block of 32).")
+        if "BF16" in extra["int8_kernels"]:
+            lines.append("Our bf16 matmuls, prefill and decode, ran on the engine's own AVX-512 BF16 kernel "
+                         "(engine/bf16_matmul.c, weights in its tile layout); fp32 ran through oneDNN with weights "
+                         "reordered once.")
     lines += agreement_lines(raw, extra)
     if "default_prefix_reuse" in extra:
         reuse = extra["default_prefix_reuse"]

@@ -1,0 +1,166 @@
+/* bf16 matmuls on AVX-512 BF16 for every row count, built with the other kernels by engine/native.py.
+ *
+ * oneDNN's reordered weights (engine/packed.py) serve prefill well, but a decode step through them
+ * streams the weights well below the rate the cores can read them: a one-row matmul is all
+ * memory traffic. Here the weight has one layout for both: "tiles" of 16 output rows in which each
+ * adjacent pair of inputs is stored together,
+ *
+ *     tiles[t][p][j][e] = W[16 t + j][2 p + e]      (W [N, K], K even, N padded to 16 with zeros),
+ *
+ * which is what vdpbf16ps multiplies: one 64-byte load holds a pair of inputs for 16 outputs, and one
+ * instruction adds both products to 16 fp32 sums. A tile is one contiguous run of memory, so a decode
+ * step streams GROUP runs at once, and a prefill reuses a block of GROUP tiles from the L2 cache for
+ * every ROWS activation rows. Sums are fp32 over the whole row (no intermediate rounding), rounded once
+ * to bf16 at the end (round to nearest even) or stored as fp32.
+ *
+ * Threads split the output columns (blocks of GROUP tiles), with the count the caller passes. One call
+ * also does a whole sparse-MoE layer for one decode token (focal_bf16_moe), so a layer is one parallel
+ * region instead of a few dozen small calls.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+
+#define TILE 16  /* output columns per tile: one vector of fp32 sums */
+#define GROUP 4  /* tiles per register block */
+#define ROWS 6   /* activation rows per register block: ROWS x GROUP sums + GROUP weights + 1 in 32 registers */
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/* 1 if this CPU has AVX-512 BF16 (and the AVX-512 parts the kernel uses), else 0. */
+int focal_bf16_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+/* ``mr`` activation rows (``x``, ``k`` apart) against ``nr`` tiles over the whole of K, into the first
+ * ``columns`` (at most nr * TILE) of ``mr`` output rows ``y`` (``ldy`` apart). mr and nr are constants
+ * at every call site (see ``run_block``), so the sums stay in registers. */
+BF16_TARGET static inline __attribute__((always_inline)) void block(
+    const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, void *y, int64_t ldy,
+    int64_t columns, int out_fp32) {
+    const int64_t pairs = k / 2, tile_stride = (int64_t)TILE * k;
+    __m512 sums[ROWS][GROUP];
+    for (int r = 0; r < mr; r++)
+        for (int t = 0; t < nr; t++) sums[r][t] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; p++) {
+        __m512i weights[GROUP];
+        for (int t = 0; t < nr; t++) weights[t] = _mm512_loadu_si512((const void *)(w + t * tile_stride + p * 2 * TILE));
+        for (int r = 0; r < mr; r++) {
+            int32_t pair;
+            memcpy(&pair, x + r * k + 2 * p, sizeof pair);
+            const __m512i both = _mm512_set1_epi32(pair);
+            for (int t = 0; t < nr; t++) sums[r][t] = _mm512_dpbf16_ps(sums[r][t], (__m512bh)both, (__m512bh)weights[t]);
+        }
+    }
+    for (int t = 0; t < nr; t++) {
+        const int64_t first = (int64_t)t * TILE;
+        const int64_t count = columns - first < TILE ? columns - first : TILE;
+        const __mmask16 mask = (__mmask16)((1u << count) - 1u);
+        for (int r = 0; r < mr; r++) {
+            if (out_fp32)
+                _mm512_mask_storeu_ps((float *)y + r * ldy + first, mask, sums[r][t]);
+            else
+                _mm256_mask_storeu_epi16((uint16_t *)y + r * ldy + first, mask,
+                                         (__m256i)_mm512_cvtneps_pbh(sums[r][t]));
+        }
+    }
+}
+
+#define BLOCK_CASE(MR, NR) \
+    case (MR) * 8 + (NR): block(x, k, w, MR, NR, y, ldy, columns, out_fp32); break;
+#define BLOCK_ROW(MR) BLOCK_CASE(MR, 1) BLOCK_CASE(MR, 2) BLOCK_CASE(MR, 3) BLOCK_CASE(MR, 4)
+
+BF16_TARGET static void run_block(const uint16_t *x, int64_t k, const uint16_t *w, int mr, int nr, void *y,
+                                  int64_t ldy, int64_t columns, int out_fp32) {
+    switch (mr * 8 + nr) {
+        BLOCK_ROW(1) BLOCK_ROW(2) BLOCK_ROW(3) BLOCK_ROW(4) BLOCK_ROW(5) BLOCK_ROW(6)
+    }
+}
+
+/* Output columns [first, first + GROUP * TILE) of an [n]-column result: the tiles it covers and how
+ * many of its columns exist. */
+static inline int group_tiles(int64_t n, int64_t first, int64_t *columns) {
+    *columns = n - first < GROUP * TILE ? n - first : GROUP * TILE;
+    return (int)((*columns + TILE - 1) / TILE);
+}
+
+/* y [m, n] = x [m, k] @ W^T with W in tiles (above); x bf16, y bf16 or (``out_fp32``) fp32. k must be
+ * even. */
+BF16_TARGET void focal_bf16_matmul(const uint16_t *x, int64_t m, int64_t k, const uint16_t *tiles, int64_t n, void *y,
+                                   int out_fp32, int threads) {
+    const int64_t groups = (n + GROUP * TILE - 1) / (GROUP * TILE);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t g = 0; g < groups; g++) {
+        int64_t columns;
+        const int nr = group_tiles(n, g * GROUP * TILE, &columns);
+        const uint16_t *w = tiles + g * GROUP * TILE * k;
+        for (int64_t r = 0; r < m; r += ROWS) {
+            const int mr = m - r < ROWS ? (int)(m - r) : ROWS;
+            void *out = out_fp32 ? (void *)((float *)y + r * n + g * GROUP * TILE)
+                                 : (void *)((uint16_t *)y + r * n + g * GROUP * TILE);
+            run_block(x + r * k, k, w, mr, nr, out, n, columns, out_fp32);
+        }
+    }
+}
+
+/* One token through a sparse-MoE layer, as int8_kernels.c's focal_int8_moe: out[h] = sum_j weights[j] *
+ * down_e(SiLU(gate_e(x)) * up_e(x)) over the chosen experts e = experts[j], with gate_up [E] of tiles
+ * for [2I, H] (gate rows first) and down [E] of tiles for [H, I], every expert's tiles one after the
+ * other. Gate and up stay fp32 sums; SiLU(gate) * up is rounded to bf16 once (the down matmul's
+ * input); the weighted sum is fp32, rounded to bf16 at the end. Returns 0, or -1 if out of memory. */
+BF16_TARGET int focal_bf16_moe(const uint16_t *x, int64_t topk, const int64_t *experts, const float *weights,
+                               const uint16_t *gate_up, const uint16_t *down, int64_t inter, int64_t hidden,
+                               uint16_t *out, int threads) {
+    const int64_t rows = 2 * inter;
+    const int64_t gate_up_groups = (rows + GROUP * TILE - 1) / (GROUP * TILE);
+    const int64_t down_groups = (hidden + GROUP * TILE - 1) / (GROUP * TILE);
+    const int64_t gate_up_size = (rows + TILE - 1) / TILE * TILE * hidden;  /* elements per expert */
+    const int64_t down_size = (hidden + TILE - 1) / TILE * TILE * inter;
+    float *sums = malloc(sizeof(float) * topk * rows); /* [topk, 2I] */
+    uint16_t *act = malloc(sizeof(uint16_t) * topk * inter);
+    if (!sums || !act) {
+        free(sums);
+        free(act);
+        return -1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < topk * gate_up_groups; task++) {
+            const int64_t j = task / gate_up_groups, g = task % gate_up_groups;
+            int64_t columns;
+            const int nr = group_tiles(rows, g * GROUP * TILE, &columns);
+            run_block(x, hidden, gate_up + experts[j] * gate_up_size + g * GROUP * TILE * hidden, 1, nr,
+                      sums + j * rows + g * GROUP * TILE, rows, columns, 1);
+        }
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < topk; j++) {
+            const float *g = sums + j * rows;
+            for (int64_t i = 0; i < inter; i++)
+                act[j * inter + i] = float_to_bf16(g[i] / (1.0f + expf(-g[i])) * g[inter + i]);
+        }
+        /* Each task owns a block of output columns and walks the experts one after the other. */
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < down_groups; g++) {
+            int64_t columns;
+            const int nr = group_tiles(hidden, g * GROUP * TILE, &columns);
+            float total[GROUP * TILE] = {0}, part[GROUP * TILE];
+            for (int64_t j = 0; j < topk; j++) {
+                run_block(act + j * inter, inter, down + experts[j] * down_size + g * GROUP * TILE * inter, 1, nr,
+                          part, GROUP * TILE, columns, 1);
+                for (int64_t c = 0; c < columns; c++) total[c] += weights[j] * part[c];
+            }
+            for (int64_t c = 0; c < columns; c++) out[g * GROUP * TILE + c] = float_to_bf16(total[c]);
+        }
+    }
+    free(sums);
+    free(act);
+    return 0;
+}
