@@ -2,18 +2,19 @@
  *
  * oneDNN's reordered weights (engine/packed.py) serve prefill well, but a decode step through them
  * streams the weights well below the rate the cores can read them: a one-row matmul is all
- * memory traffic. Here the weight has one layout for both: "tiles" of 16 output rows in which each
+ * memory traffic. Here the weight has one layout for both: "tiles" of 64 output rows in which each
  * adjacent pair of inputs is stored together,
  *
- *     tiles[t][p][j][e] = W[16 t + j][2 p + e]      (W [N, K], K even, N padded to 16 with zeros),
+ *     tiles[t][p][j][e] = W[64 t + j][2 p + e]      (W [N, K], K even, N padded to 64 with zeros),
  *
  * which is what vdpbf16ps multiplies: one 64-byte load holds a pair of inputs for 16 outputs, and one
- * instruction adds both products to 16 fp32 sums. A tile is one contiguous run of memory, so a decode
- * step streams GROUP runs at once, and a prefill reuses a block of GROUP tiles from the L2 cache for
- * every ROWS activation rows. Sums are fp32 over the whole row (no intermediate rounding), rounded once
- * to bf16 at the end (round to nearest even) or stored as fp32.
+ * instruction adds both products to 16 fp32 sums; GROUP such loads cover a tile's 64 outputs. A tile
+ * is one contiguous run of memory read front to back, so a decode step is one sequential stream per
+ * thread, and a prefill reuses a tile from the L2 cache for every ROWS activation rows. Sums are fp32
+ * over the whole row (no intermediate rounding), rounded once to bf16 at the end (round to nearest
+ * even) or stored as fp32.
  *
- * Threads split the output columns (blocks of GROUP tiles), with the count the caller passes. One call
+ * Threads split the output columns (whole tiles), with the count the caller passes. One call
  * also does a whole sparse-MoE layer for one decode token (focal_bf16_moe), so a layer is one parallel
  * region instead of a few dozen small calls.
  */
@@ -26,8 +27,8 @@
 
 #include "bf16.h"
 
-#define TILE 16  /* output columns per tile: one vector of fp32 sums */
-#define GROUP 4  /* tiles per register block */
+#define TILE 16  /* output columns per vector of fp32 sums */
+#define GROUP 4  /* vectors per tile (64 output rows) */
 #define ROWS 6   /* activation rows per register block: ROWS x GROUP sums + GROUP weights + 1 in 32 registers */
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -45,13 +46,13 @@ int focal_bf16_available(void) {
 BF16_TARGET static inline __attribute__((always_inline)) void block(
     const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, void *y, int64_t ldy,
     int64_t columns, int out_fp32) {
-    const int64_t pairs = k / 2, tile_stride = (int64_t)TILE * k;
+    const int64_t pairs = k / 2;
     __m512 sums[ROWS][GROUP];
     for (int r = 0; r < mr; r++)
         for (int t = 0; t < nr; t++) sums[r][t] = _mm512_setzero_ps();
     for (int64_t p = 0; p < pairs; p++) {
         __m512i weights[GROUP];
-        for (int t = 0; t < nr; t++) weights[t] = _mm512_loadu_si512((const void *)(w + t * tile_stride + p * 2 * TILE));
+        for (int t = 0; t < nr; t++) weights[t] = _mm512_loadu_si512((const void *)(w + (p * GROUP + t) * 2 * TILE));
         for (int r = 0; r < mr; r++) {
             int32_t pair;
             memcpy(&pair, x + r * k + 2 * p, sizeof pair);
@@ -121,8 +122,8 @@ BF16_TARGET int focal_bf16_moe(const uint16_t *x, int64_t topk, const int64_t *e
     const int64_t rows = 2 * inter;
     const int64_t gate_up_groups = (rows + GROUP * TILE - 1) / (GROUP * TILE);
     const int64_t down_groups = (hidden + GROUP * TILE - 1) / (GROUP * TILE);
-    const int64_t gate_up_size = (rows + TILE - 1) / TILE * TILE * hidden;  /* elements per expert */
-    const int64_t down_size = (hidden + TILE - 1) / TILE * TILE * inter;
+    const int64_t gate_up_size = gate_up_groups * GROUP * TILE * hidden; /* elements per expert */
+    const int64_t down_size = down_groups * GROUP * TILE * inter;
     float *sums = malloc(sizeof(float) * topk * rows); /* [topk, 2I] */
     uint16_t *act = malloc(sizeof(uint16_t) * topk * inter);
     if (!sums || !act) {

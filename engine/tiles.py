@@ -3,10 +3,11 @@ with AVX-512 BF16.
 
 oneDNN's reordered bf16 weights (``engine.packed``) are fast for prefill, but a decode step through
 them reads the weights well below the memory's rate, and a one-row matmul is nothing but that read.
-The kernel's tiles serve every row count from one copy: a decode step streams them, a prefill reuses
-each block of them from the cache across many rows. The layout is [N/16, K/2, 16, 2]: tile t holds
-output rows 16t..16t+15, each adjacent pair of inputs side by side (what one vdpbf16ps instruction
-multiplies); N is padded to a multiple of 16 with zero rows. Memory is that of the plain weight.
+The kernel's tiles serve every row count from one copy: a decode step streams them front to back,
+a prefill reuses each of them from the cache across many rows. The layout is [N/64, K/2, 64, 2]:
+tile t holds output rows 64t..64t+63, each adjacent pair of inputs side by side (what one vdpbf16ps
+instruction multiplies); N is padded to a multiple of 64 with zero rows. Memory is that of the plain
+weight (plus the padding).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import native
+from engine.huge_pages import huge_page_empty, on_huge_pages
 from engine.model import CausalLM, Experts, Router, SparseMoe
 
-TILE = 16
+TILE = 64  # output rows per tile (engine/bf16_matmul.c: GROUP x TILE there)
 
 
 def tiles_available(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -27,12 +29,22 @@ def tiles_available(device: torch.device | str, dtype: torch.dtype) -> bool:
 
 
 def to_tiles(weight: torch.Tensor) -> torch.Tensor:
-    """A bf16 weight [N, K] (K even) as tiles [ceil(N/16), K/2, 16, 2]."""
+    """A bf16 weight [N, K] (K even) as tiles [ceil(N/64), K/2, 64, 2]."""
     rows, inputs = weight.shape
     if inputs % 2:
         raise ValueError(f"the tile layout pairs inputs: K must be even, got {inputs}")
     padded = F.pad(weight.detach().to(torch.bfloat16), (0, 0, 0, -rows % TILE))
     return padded.reshape(-1, TILE, inputs // 2, 2).transpose(1, 2).contiguous()
+
+
+def stacked_tiles(weights: torch.Tensor) -> torch.Tensor:
+    """Every expert's weight [E, N, K] as tiles, one tensor [E, ceil(N/64), K/2, 64, 2], on huge pages."""
+    first = to_tiles(weights[0])
+    stacked = huge_page_empty((weights.shape[0], *first.shape), first.dtype)
+    stacked[0] = first
+    for index in range(1, weights.shape[0]):
+        stacked[index] = to_tiles(weights[index])
+    return stacked
 
 
 def tiled_linear(x: torch.Tensor, tiles: torch.Tensor, out_features: int,
@@ -44,7 +56,7 @@ def tiled_linear(x: torch.Tensor, tiles: torch.Tensor, out_features: int,
 class TiledLinear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        self.register_buffer("tiles", to_tiles(linear.weight))
+        self.register_buffer("tiles", on_huge_pages(to_tiles(linear.weight)))
         self.bias = linear.bias
         self.out_features = linear.out_features
 
@@ -62,8 +74,8 @@ class TiledExperts(Experts):
     def __init__(self, experts: Experts) -> None:
         nn.Module.__init__(self)
         self.decode_rows = experts.decode_rows
-        self.gate_up = torch.stack([to_tiles(weight) for weight in experts.gate_up_proj])
-        self.down = torch.stack([to_tiles(weight) for weight in experts.down_proj])
+        self.gate_up = stacked_tiles(experts.gate_up_proj)
+        self.down = stacked_tiles(experts.down_proj)
         self.inter, self.hidden = experts.down_proj.shape[2], experts.down_proj.shape[1]
 
     @property

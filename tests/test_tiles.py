@@ -21,13 +21,13 @@ pytestmark = pytest.mark.skipif(not tiles_available("cpu", torch.bfloat16),
                                 reason="the tile kernel needs AVX-512 BF16 and the built native kernels")
 
 
-def test_a_tile_holds_sixteen_rows_with_each_pair_of_inputs_side_by_side() -> None:
-    weight = torch.arange(20 * 6, dtype=torch.float32).reshape(20, 6).bfloat16()
+def test_a_tile_holds_sixty_four_rows_with_each_pair_of_inputs_side_by_side() -> None:
+    weight = torch.arange(70 * 6, dtype=torch.float32).reshape(70, 6).bfloat16()
     tiles = to_tiles(weight)
     assert tiles.shape == (2, 3, TILE, 2)
-    for t, p, j, e in [(0, 0, 0, 0), (0, 2, 15, 1), (1, 1, 3, 0), (1, 2, 3, 1)]:
+    for t, p, j, e in [(0, 0, 0, 0), (0, 2, 63, 1), (1, 1, 3, 0), (1, 2, 5, 1)]:
         assert tiles[t, p, j, e] == weight[TILE * t + j, 2 * p + e]
-    assert (tiles[1, :, 4:] == 0).all()  # rows 20..31 are padding
+    assert (tiles[1, :, 6:] == 0).all()  # rows 70..127 are padding
 
 
 def test_an_odd_input_width_is_refused_with_the_reason() -> None:
