@@ -27,8 +27,9 @@
 
 #include "bf16.h"
 
-#define TILE 16  /* output columns per vector of fp32 sums */
-#define GROUP 4  /* vectors per tile (64 output rows) */
+#define LANES 16 /* output columns per vector of fp32 sums */
+#define GROUP 4  /* vectors per tile */
+#define TILE_ROWS (GROUP * LANES) /* output rows per tile: 64 */
 #define ROWS 6   /* activation rows per register block: ROWS x GROUP sums + GROUP weights + 1 in 32 registers */
 
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -41,7 +42,7 @@ int focal_bf16_available(void) {
 }
 
 /* ``mr`` activation rows (``x``, ``k`` apart) against ``nr`` tiles over the whole of K, into the first
- * ``columns`` (at most nr * TILE) of ``mr`` output rows ``y`` (``ldy`` apart). mr and nr are constants
+ * ``columns`` (at most nr * LANES) of ``mr`` output rows ``y`` (``ldy`` apart). mr and nr are constants
  * at every call site (see ``run_block``), so the sums stay in registers. */
 BF16_TARGET static inline __attribute__((always_inline)) void block(
     const uint16_t *x, int64_t k, const uint16_t *w, const int mr, const int nr, void *y, int64_t ldy,
@@ -52,7 +53,7 @@ BF16_TARGET static inline __attribute__((always_inline)) void block(
         for (int t = 0; t < nr; t++) sums[r][t] = _mm512_setzero_ps();
     for (int64_t p = 0; p < pairs; p++) {
         __m512i weights[GROUP];
-        for (int t = 0; t < nr; t++) weights[t] = _mm512_loadu_si512((const void *)(w + (p * GROUP + t) * 2 * TILE));
+        for (int t = 0; t < nr; t++) weights[t] = _mm512_loadu_si512((const void *)(w + (p * GROUP + t) * 2 * LANES));
         for (int r = 0; r < mr; r++) {
             int32_t pair;
             memcpy(&pair, x + r * k + 2 * p, sizeof pair);
@@ -61,8 +62,8 @@ BF16_TARGET static inline __attribute__((always_inline)) void block(
         }
     }
     for (int t = 0; t < nr; t++) {
-        const int64_t first = (int64_t)t * TILE;
-        const int64_t count = columns - first < TILE ? columns - first : TILE;
+        const int64_t first = (int64_t)t * LANES;
+        const int64_t count = columns - first < LANES ? columns - first : LANES;
         const __mmask16 mask = (__mmask16)((1u << count) - 1u);
         for (int r = 0; r < mr; r++) {
             if (out_fp32)
@@ -85,27 +86,30 @@ BF16_TARGET static void run_block(const uint16_t *x, int64_t k, const uint16_t *
     }
 }
 
-/* Output columns [first, first + GROUP * TILE) of an [n]-column result: the tiles it covers and how
- * many of its columns exist. */
-static inline int group_tiles(int64_t n, int64_t first, int64_t *columns) {
-    *columns = n - first < GROUP * TILE ? n - first : GROUP * TILE;
-    return (int)((*columns + TILE - 1) / TILE);
+/* Tiles that hold n output rows (the last padded with zeros). */
+static inline int64_t tiles_for(int64_t n) { return (n + TILE_ROWS - 1) / TILE_ROWS; }
+
+/* The tile of output columns [first, first + TILE_ROWS) of an [n]-column result: how many of its
+ * columns exist (``columns``) and how many vectors cover them (returned). */
+static inline int tile_vectors(int64_t n, int64_t first, int64_t *columns) {
+    *columns = n - first < TILE_ROWS ? n - first : TILE_ROWS;
+    return (int)((*columns + LANES - 1) / LANES);
 }
 
 /* y [m, n] = x [m, k] @ W^T with W in tiles (above); x bf16, y bf16 or (``out_fp32``) fp32. k must be
  * even. */
 BF16_TARGET void focal_bf16_matmul(const uint16_t *x, int64_t m, int64_t k, const uint16_t *tiles, int64_t n, void *y,
                                    int out_fp32, int threads) {
-    const int64_t groups = (n + GROUP * TILE - 1) / (GROUP * TILE);
+    const int64_t count = tiles_for(n);
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t g = 0; g < groups; g++) {
+    for (int64_t g = 0; g < count; g++) {
         int64_t columns;
-        const int nr = group_tiles(n, g * GROUP * TILE, &columns);
-        const uint16_t *w = tiles + g * GROUP * TILE * k;
+        const int nr = tile_vectors(n, g * TILE_ROWS, &columns);
+        const uint16_t *w = tiles + g * TILE_ROWS * k;
         for (int64_t r = 0; r < m; r += ROWS) {
             const int mr = m - r < ROWS ? (int)(m - r) : ROWS;
-            void *out = out_fp32 ? (void *)((float *)y + r * n + g * GROUP * TILE)
-                                 : (void *)((uint16_t *)y + r * n + g * GROUP * TILE);
+            void *out = out_fp32 ? (void *)((float *)y + r * n + g * TILE_ROWS)
+                                 : (void *)((uint16_t *)y + r * n + g * TILE_ROWS);
             run_block(x + r * k, k, w, mr, nr, out, n, columns, out_fp32);
         }
     }
@@ -120,10 +124,10 @@ BF16_TARGET int focal_bf16_moe(const uint16_t *x, int64_t topk, const int64_t *e
                                const uint16_t *gate_up, const uint16_t *down, int64_t inter, int64_t hidden,
                                uint16_t *out, int threads) {
     const int64_t rows = 2 * inter;
-    const int64_t gate_up_groups = (rows + GROUP * TILE - 1) / (GROUP * TILE);
-    const int64_t down_groups = (hidden + GROUP * TILE - 1) / (GROUP * TILE);
-    const int64_t gate_up_size = gate_up_groups * GROUP * TILE * hidden; /* elements per expert */
-    const int64_t down_size = down_groups * GROUP * TILE * inter;
+    const int64_t gate_up_tiles = tiles_for(rows);
+    const int64_t down_tiles = tiles_for(hidden);
+    const int64_t gate_up_size = gate_up_tiles * TILE_ROWS * hidden; /* elements per expert */
+    const int64_t down_size = down_tiles * TILE_ROWS * inter;
     float *sums = malloc(sizeof(float) * topk * rows); /* [topk, 2I] */
     uint16_t *act = malloc(sizeof(uint16_t) * topk * inter);
     if (!sums || !act) {
@@ -134,12 +138,12 @@ BF16_TARGET int focal_bf16_moe(const uint16_t *x, int64_t topk, const int64_t *e
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t task = 0; task < topk * gate_up_groups; task++) {
-            const int64_t j = task / gate_up_groups, g = task % gate_up_groups;
+        for (int64_t task = 0; task < topk * gate_up_tiles; task++) {
+            const int64_t j = task / gate_up_tiles, g = task % gate_up_tiles;
             int64_t columns;
-            const int nr = group_tiles(rows, g * GROUP * TILE, &columns);
-            run_block(x, hidden, gate_up + experts[j] * gate_up_size + g * GROUP * TILE * hidden, 1, nr,
-                      sums + j * rows + g * GROUP * TILE, rows, columns, 1);
+            const int nr = tile_vectors(rows, g * TILE_ROWS, &columns);
+            run_block(x, hidden, gate_up + experts[j] * gate_up_size + g * TILE_ROWS * hidden, 1, nr,
+                      sums + j * rows + g * TILE_ROWS, rows, columns, 1);
         }
 #pragma omp for schedule(static)
         for (int64_t j = 0; j < topk; j++) {
@@ -149,16 +153,16 @@ BF16_TARGET int focal_bf16_moe(const uint16_t *x, int64_t topk, const int64_t *e
         }
         /* Each task owns a block of output columns and walks the experts one after the other. */
 #pragma omp for schedule(static)
-        for (int64_t g = 0; g < down_groups; g++) {
+        for (int64_t g = 0; g < down_tiles; g++) {
             int64_t columns;
-            const int nr = group_tiles(hidden, g * GROUP * TILE, &columns);
-            float total[GROUP * TILE] = {0}, part[GROUP * TILE];
+            const int nr = tile_vectors(hidden, g * TILE_ROWS, &columns);
+            float total[TILE_ROWS] = {0}, part[TILE_ROWS];
             for (int64_t j = 0; j < topk; j++) {
-                run_block(act + j * inter, inter, down + experts[j] * down_size + g * GROUP * TILE * inter, 1, nr,
-                          part, GROUP * TILE, columns, 1);
+                run_block(act + j * inter, inter, down + experts[j] * down_size + g * TILE_ROWS * inter, 1, nr,
+                          part, TILE_ROWS, columns, 1);
                 for (int64_t c = 0; c < columns; c++) total[c] += weights[j] * part[c];
             }
-            for (int64_t c = 0; c < columns; c++) out[g * GROUP * TILE + c] = float_to_bf16(total[c]);
+            for (int64_t c = 0; c < columns; c++) out[g * TILE_ROWS + c] = float_to_bf16(total[c]);
         }
     }
     free(sums);

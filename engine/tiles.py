@@ -20,7 +20,7 @@ from engine import native
 from engine.huge_pages import huge_page_empty, on_huge_pages
 from engine.model import CausalLM, Experts, Router, SparseMoe
 
-TILE = 64  # output rows per tile (engine/bf16_matmul.c: GROUP x TILE there)
+TILE = 64  # output rows per tile (TILE_ROWS in engine/bf16_matmul.c)
 
 
 def tiles_available(device: torch.device | str, dtype: torch.dtype) -> bool:
